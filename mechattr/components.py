@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from transformer_lens.utils import get_act_name
+from mechattr.runtime.tl import get_act_name
 
 _HEAD_RE = re.compile(r"^\s*L?(\d+)\s*[H.:,]\s*(\d+)\s*$", re.IGNORECASE)
 _MLP_RE = re.compile(r"^\s*MLP\s*(\d+)\s*$|^\s*L(\d+)\s*MLP\s*$|^\s*M(\d+)\s*$", re.IGNORECASE)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechattr.model import model_device
+from mechattr.runtime.device import model_device
 
 
 @dataclass
@@ -48,7 +48,7 @@ def _tokenize(model: Any, texts: list[str], padding_side: str | None, prepend_bo
     tokens = model.to_tokens(texts, **kw)
     mask = None
     if len(texts) > 1:
-        from transformer_lens.utils import get_attention_mask
+        from mechattr.runtime.tl import get_attention_mask
 
         pb = prepend_bos if prepend_bos is not None else model.cfg.default_prepend_bos
         side = padding_side or getattr(model.cfg, "default_padding_side", None) or model.tokenizer.padding_side

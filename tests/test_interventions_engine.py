@@ -67,7 +67,7 @@ def test_edit_requires_values_unless_zero():
 
 
 def test_run_blocks_equals_the_hooked_forward_with_its_hook_points():
-    from mechattr.interventions import lastblock
+    from mechattr.runtime import blocks as lastblock
 
     model = make_model(n_layers=3)
     g = torch.Generator().manual_seed(1)

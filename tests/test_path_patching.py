@@ -9,8 +9,8 @@ from conftest import make_model
 from mechattr import targets
 from mechattr.components import MLP, Head, parse_component
 from mechattr.interventions import activation_patch, path_patch
-from mechattr.interventions import lastblock as lastblock_mod
 from mechattr.model import tl_flags
+from mechattr.runtime import blocks as lastblock_mod
 
 
 def _pair(seed=0, batch=3, n=8, vocab=24):

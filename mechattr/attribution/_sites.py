@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mechattr.attribution.paths import default_batch_size
-from mechattr.interventions.variants import cache_activations
+from mechattr.runtime.cache import cache_activations
 from mechattr.targets import Target, check_finite, run_target
 
 Hook = tuple[str, Callable]

@@ -15,7 +15,6 @@ them in chunks of ``batch_size`` rows per forward+backward.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +25,12 @@ from torch import Tensor
 
 from mechattr.attribution.schedules import SCHEDULES, schedule
 from mechattr.inputs import prepare_tokens
-from mechattr.model import model_device, model_guard, supports_start_at_layer
+from mechattr.model import model_device, model_guard
+from mechattr.runtime.arch import arch, supports_start_at_layer
+from mechattr.runtime.cache import hook_layer
+from mechattr.runtime.chunks import check_batch_size, grad_rows
 from mechattr.targets import Target, check_finite, run_target
 
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 __all__ = ["SCHEDULES", "PathIntegral", "default_batch_size", "evaluate_at_hook", "hook_layer", "path_integral", "schedule"]
 
 
@@ -64,29 +65,13 @@ class PathIntegral:
 
 
 # ------------------------------------------------------------------------------ plumbing
-def hook_layer(hook_name: str) -> int | None:
-    """Layer index of a ``blocks.L.…`` hook, ``None`` for hooks outside the blocks."""
-    m = _BLOCK_RE.match(hook_name)
-    return int(m.group(1)) if m else None
-
-
 def default_batch_size(model: Any, n_pos: int) -> int:
-    """Rows per forward+backward that fit comfortably: ~1 GiB of activations on CPU,
-    a quarter of free memory on CUDA (estimate: 40 floats per layer·pos·d_model, plus the
-    attention patterns)."""
-    cfg = model.cfg
-    per_row = cfg.n_layers * n_pos * (40 * cfg.d_model + 4 * cfg.n_heads * n_pos) * 4 + 4 * n_pos * cfg.d_vocab
-    dev = model_device(model)
-    budget = 1 << 30
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        budget = free // 4
-    return int(max(1, min(4096, budget // max(per_row, 1))))
+    """Rows per forward+backward (:func:`mechattr.runtime.chunks.grad_rows`)."""
+    return grad_rows(model, n_pos)
 
 
 def _check_batch_size(batch_size: Any) -> None:
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int (rows per forward pass) or None, got {batch_size!r}")
+    check_batch_size(batch_size)
 
 
 class _Plan:
@@ -98,7 +83,7 @@ class _Plan:
             raise ValueError(f"unknown hook {hook_name!r}; hooks of that kind: {near or sorted(model.hook_dict)[:8]}")
         self.model, self.tokens, self.mask, self.hook_name = model, tokens, mask, hook_name
         layer = hook_layer(hook_name)
-        shortformer = getattr(model.cfg, "positional_embedding_type", "standard") == "shortformer"
+        shortformer = arch(model).positional == "shortformer"
         self.start = layer if (layer and supports_start_at_layer(model) and not shortformer) else None
         self.direct = self.start is not None and hook_name == f"blocks.{layer}.hook_resid_pre"
         self.last_block = self._last_block_ok(layer)
@@ -108,7 +93,7 @@ class _Plan:
     def _last_block_ok(self, layer: int | None) -> bool:
         """Whether the last block may run at the target's positions only: a standard block
         (``lastblock.supported``) and a hook before it (or its ``hook_resid_pre``)."""
-        from mechattr.interventions.lastblock import supported
+        from mechattr.runtime.blocks import supported
 
         L = self.model.cfg.n_layers - 1
         before = layer < L if layer is not None else self.hook_name in ("hook_embed", "hook_pos_embed")
@@ -158,8 +143,8 @@ class _Plan:
 
     def _last_block_target(self, inp: Tensor, t: Target, mask: Tensor | None) -> Tensor:
         """Blocks up to the last, then the last block only at the target's positions
-        (``mechattr.interventions.lastblock``): its queries, MLP, final LN and unembedding."""
-        from mechattr.interventions.lastblock import last_block_logits
+        (``mechattr.runtime.blocks``): its queries, MLP, final LN and unembedding."""
+        from mechattr.runtime.blocks import last_block_logits
 
         L = self.model.cfg.n_layers - 1
         kw: dict[str, Any] = {} if mask is None else {"attention_mask": mask}

@@ -29,7 +29,6 @@ from transformer_lens.utilities.attention import simple_attn_linear
 
 from mechattr.components import MLP, Component, Head, parse_components
 from mechattr.inputs import prepare_pair
-from mechattr.interventions import lastblock
 from mechattr.interventions.result import InterventionResult
 from mechattr.interventions.variants import (
     Edit,
@@ -43,6 +42,7 @@ from mechattr.interventions.variants import (
 )
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
+from mechattr.runtime import blocks as lastblock
 from mechattr.targets import Target, check_finite, target_values
 
 QKV = ("q", "k", "v")

@@ -12,14 +12,12 @@ applies each row block's edits, and chunks by ``batch_size`` rows. Variants whos
 edit is at layer ``L`` start from the base run's cached residual at layer ``L``
 (``start_at_layer``; HookedTransformer only). With a :class:`mechattr.targets.Target` the
 last block, the final LayerNorm and the unembedding run only where the target reads
-(:mod:`mechattr.interventions.lastblock`).
+(:mod:`mechattr.runtime.blocks`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -27,18 +25,15 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from mechattr.interventions import lastblock
-from mechattr.model import model_guard, supports_start_at_layer
+from mechattr.model import model_guard
+from mechattr.runtime import blocks as lastblock
+from mechattr.runtime.arch import supports_start_at_layer
+from mechattr.runtime.cache import LAYER_RE as _LAYER_RE
+from mechattr.runtime.cache import cache_activations as _cache
+from mechattr.runtime.chunks import max_rows
+from mechattr.runtime.hooks import hooked
 from mechattr.targets import Target, check_finite, run_target, target_values
-
-DEFAULT_MAX_ROWS = 2048
-# On CPU a chunk runs fastest when its widest activation fits the core's cache: we cap
-# rows · pos · max(d_model, d_mlp) at this many floats (2 MiB; measured on the benchmark
-# model, 32-row chunks ran 15-20% faster than 64 or 2048).
-CPU_CHUNK_FLOATS = 2**19
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 class Mode(Enum):
@@ -180,79 +175,16 @@ class _Chunk:
         return hook
 
 
-@contextlib.contextmanager
-def hooked(model: Any, fwd_hooks: Sequence[tuple[str, Callable]]) -> Iterator[None]:
-    """``model.hooks(fwd_hooks=...)``, cheaper on a HookedTransformer.
-
-    TransformerLens's context manager visits every hook point of the model on exit (more
-    time than a small forward); here we add the hooks to their hook points and remove
-    exactly those. Other models, or unknown names, go through ``model.hooks``.
-    """
-    hook_dict = getattr(model, "hook_dict", None)
-    if not isinstance(model, HookedTransformer) or not isinstance(hook_dict, dict) or any(n not in hook_dict for n, _ in fwd_hooks):
-        with model.hooks(fwd_hooks=list(fwd_hooks)):
-            yield
-        return
-    added = []
-    try:
-        for name, fn in fwd_hooks:
-            hp = hook_dict[name]
-            hp.add_hook(fn, dir="fwd")
-            added.append((hp, hp.fwd_hooks[-1]))
-        yield
-    finally:
-        for hp, handle in reversed(added):
-            handle.hook.remove()
-            hp.fwd_hooks = [h for h in hp.fwd_hooks if h is not handle]
+def cache_activations(model: Any, tokens: Tensor, names: Sequence[str], *, attention_mask: Tensor | None = None, variants: Sequence[Variant] = ()) -> dict[str, Tensor]:
+    """Activations at ``names`` of one forward pass of ``tokens`` with ``variants``' edits
+    (stacked variant-major: ``V·B`` rows); :func:`mechattr.runtime.cache_activations`."""
+    hooks = edit_hooks(variants, tokens.shape[0], tokens.shape[1]) if variants else []
+    return _cache(model, tokens, names, attention_mask=attention_mask, fwd_hooks=hooks, repeat=len(variants) or 1)
 
 
 def edit_hooks(variants: Sequence[Variant], n_examples: int, n_pos: int) -> list[tuple[str, Callable]]:
     """``(hook name, fn)`` pairs applying ``variants``' edits to a variant-major stack."""
     return _Chunk(list(variants), n_examples, n_pos).hooks()
-
-
-def cache_activations(model: Any, tokens: Tensor, names: Sequence[str], *, attention_mask: Tensor | None = None, variants: Sequence[Variant] = ()) -> dict[str, Tensor]:
-    """Activations at ``names`` of one forward pass of ``tokens`` (with ``variants``' edits).
-
-    With ``variants`` the tokens are stacked variant-major and the returned activations
-    have ``V·B`` rows. The forward stops after the last block it needs.
-    """
-    names = list(dict.fromkeys(names))
-    store: dict[str, Tensor] = {}
-
-    def grabber(name: str):
-        # key by the requested name: a bridge's hook may carry another (aliased) name
-        def grab(act: Tensor, hook: Any) -> Tensor:
-            store[name] = act.detach().clone()
-            return act
-
-        return grab
-
-    n = len(variants) or 1
-    inp = tokens.repeat(n, 1) if n > 1 else tokens
-    mask = None if attention_mask is None else attention_mask.repeat(n, 1)
-    hooks = edit_hooks(variants, tokens.shape[0], tokens.shape[1]) if variants else []
-    kw: dict[str, Any] = {} if mask is None else {"attention_mask": mask}
-    layers = [_LAYER_RE.match(x) for x in names]
-    if supports_start_at_layer(model) and all(m is not None for m in layers) and names:
-        kw["stop_at_layer"] = max(int(m.group(1)) for m in layers if m) + 1  # type: ignore[union-attr]
-    with torch.no_grad(), hooked(model, [*hooks, *[(x, grabber(x)) for x in names]]):
-        model(inp, **kw)
-    missing = [x for x in names if x not in store]
-    if missing:
-        raise ValueError(f"the model has no hook points {missing}")
-    return store
-
-
-def cache_pair(model: Any, src: Any, base: Any, src_names: list[str], base_names: list[str]) -> tuple[dict, dict]:
-    """``src`` activations at ``src_names`` and ``base`` ones at ``base_names``, one forward."""
-    B = src.shape[0]
-    mask = None
-    if src.attention_mask is not None or base.attention_mask is not None:
-        mask = torch.cat([src.mask_or_ones(), base.mask_or_ones()])
-    names = sorted(set(src_names) | set(base_names))
-    acts = cache_activations(model, torch.cat([src.tokens, base.tokens]), names, attention_mask=mask)
-    return {n: acts[n][:B] for n in src_names}, {n: acts[n][B:] for n in base_names}
 
 
 # ----------------------------------------------------------------------------- engine
@@ -281,21 +213,6 @@ def run_variants(
     """
     with model_guard(model), torch.no_grad():
         return _run_variants(model, tokens, variants, target, attention_mask, batch_size, base_cache)
-
-
-def max_rows(model: Any, n_pos: int, batch_size: int | None, device: torch.device | str) -> int:
-    """Rows per forward: ``batch_size`` when given; else on CPU as many as keep
-    ``rows · n_pos · max(d_model, d_mlp)`` within ``CPU_CHUNK_FLOATS`` (cache-sized
-    chunks), at least 1; else ``DEFAULT_MAX_ROWS``."""
-    if batch_size is not None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        return batch_size
-    if torch.device(device).type != "cpu":
-        return DEFAULT_MAX_ROWS
-    cfg = getattr(model, "cfg", None)
-    width = max(int(getattr(cfg, "d_model", None) or 1), int(getattr(cfg, "d_mlp", None) or 1))
-    return max(1, CPU_CHUNK_FLOATS // (max(1, n_pos) * width))
 
 
 def _run_variants(model: Any, tokens: Tensor, variants: Sequence[Variant], target: Callable, attention_mask: Tensor | None, batch_size: int | None, base_cache: dict[str, Tensor] | None) -> Tensor:

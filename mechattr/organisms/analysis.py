@@ -12,11 +12,11 @@ from collections.abc import Iterable
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from mechattr.components import MLP, Head
 from mechattr.model import model_device, model_guard
 from mechattr.organisms.tasks import TaskBatch
+from mechattr.runtime.tl import HookedTransformer
 
 MODES = ("zero", "mean")
 

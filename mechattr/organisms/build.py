@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformer_lens import HookedTransformer
-
 from mechattr.organisms import circuits
 from mechattr.organisms.card import Card
 from mechattr.organisms.loading import save_weights, weights_dir
 from mechattr.organisms.planted import build_planted
 from mechattr.organisms.specs import get_spec
 from mechattr.organisms.training import accuracy, train
+from mechattr.runtime.tl import HookedTransformer
 
 ACC_N, ACC_SEED = 2000, 12345
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 
 from mechattr.components import MLP, Head
 from mechattr.organisms.analysis import (
@@ -30,6 +29,7 @@ from mechattr.organisms.analysis import (
     single_head_ablation,
 )
 from mechattr.organisms.tasks import Task
+from mechattr.runtime.tl import HookedTransformer
 
 EVAL_N, EVAL_SEED = 500, 777
 

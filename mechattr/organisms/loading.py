@@ -6,14 +6,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 
 from mechattr.components import MLP, Head, parse_component
-from mechattr.model import default_device
 from mechattr.organisms.card import Card
 from mechattr.organisms.specs import SPECS, get_spec
 from mechattr.organisms.tasks import Task
 from mechattr.organisms.vocab import word_tokenizer
+from mechattr.runtime.device import default_device
+from mechattr.runtime.tl import (
+    HAS_HOOKED,
+    HookedTransformer,
+    HookedTransformerConfig,
+    TransformerBridge,
+)
 
 
 def weights_dir() -> Path:
@@ -51,36 +56,72 @@ def circuit(name: str) -> dict[str, list[Head | MLP]]:
     return {role: [parse_component(c) for c in comps] for role, comps in card(name).circuit.items()}
 
 
-def load(name: str, *, device: str | torch.device | None = None) -> HookedTransformer:
-    """Organism ``name`` as a ``HookedTransformer`` in eval mode with its tokenizer attached.
+def load(name: str, *, device: str | torch.device | None = None, bridge: bool | None = None) -> Any:
+    """Organism ``name`` in eval mode with its tokenizer attached.
 
+    A ``HookedTransformer`` where TransformerLens has one (3.x), else — or with
+    ``bridge=True`` — a ``TransformerBridge`` in compatibility mode built offline from the
+    card's architecture (``TransformerBridge.boot_native``) with the same shipped weights
+    and no weight processing, so it computes the same logits as the HookedTransformer.
     Built from the card's ``architecture`` and the shipped safetensors (every parameter
-    must be present); ``device`` defaults to CUDA when available, else CPU. Each call returns
-    a new model; the global random state is left untouched.
+    must be present); ``device`` defaults to CUDA when available, else CPU. Each call
+    returns a new model; the global random state is left untouched.
     """
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformerConfig
 
     c = card(name)
     dev = torch.device(device) if device is not None else default_device()
     vocab = task(name).vocab
     if c.architecture.get("d_vocab") != len(vocab):
         raise ValueError(f"card of {name!r} says d_vocab={c.architecture.get('d_vocab')} but the task has {len(vocab)} words")
+    state = load_file(str(weights_dir() / f"{name}.safetensors"))
+    use_bridge = (not HAS_HOOKED) if bridge is None else bool(bridge)
+    if use_bridge:
+        return _load_bridge(name, c.architecture, state, vocab, dev)
     # no seed and no random init: loading must not touch the global RNGs (all weights are copied)
     arch = {**c.architecture, "seed": None, "init_weights": False}
     model = HookedTransformer(HookedTransformerConfig(**arch), tokenizer=word_tokenizer(vocab), move_to_device=False)
-    state = load_file(str(weights_dir() / f"{name}.safetensors"))
     params = dict(model.named_parameters())
-    missing = sorted(set(params) - set(state))
-    extra = sorted(set(state) - set(params))
-    if missing or extra:
-        raise ValueError(f"weights of {name!r} do not match its architecture: missing {missing}, unexpected {extra}")
+    _check_state(name, state, {k: p.shape for k, p in params.items()})
     with torch.no_grad():
         for k, p in params.items():
-            if state[k].shape != p.shape:
-                raise ValueError(f"weights of {name!r}: {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
             p.copy_(state[k])
     return model.to(dev, print_details=False).eval()
+
+
+def _check_state(name: str, state: dict, shapes: dict) -> None:
+    missing = sorted(set(shapes) - set(state))
+    extra = sorted(set(state) - set(shapes))
+    if missing or extra:
+        raise ValueError(f"weights of {name!r} do not match its architecture: missing {missing}, unexpected {extra}")
+    for k, shape in shapes.items():
+        if state[k].shape != shape:
+            raise ValueError(f"weights of {name!r}: {k} has shape {tuple(state[k].shape)}, expected {tuple(shape)}")
+
+
+def _load_bridge(name: str, architecture: dict, state: dict, vocab: Any, dev: torch.device) -> Any:
+    """The organism as a TransformerBridge around TransformerLens's native model."""
+    if TransformerBridge is None or not hasattr(TransformerBridge, "boot_native"):  # pragma: no cover
+        raise RuntimeError("this TransformerLens cannot build a native TransformerBridge; install transformer-lens>=3.9")
+    from transformer_lens.config import TransformerBridgeConfig
+
+    try:
+        from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+    except ImportError:  # TransformerLens 3.9 ships boot_native but not the converter
+        raise RuntimeError(
+            f"organism {name!r} as a TransformerBridge needs transformer-lens>=4 "
+            f"(transformer_lens.utilities.tl_checkpoint_conversion); on 3.x use the HookedTransformer"
+        ) from None
+    arch = {k: v for k, v in architecture.items() if k != "seed"}
+    cfg = TransformerBridgeConfig.from_dict({**arch, "init_weights": False})
+    with torch.random.fork_rng(devices=[]):
+        b = TransformerBridge.boot_native(cfg, tokenizer=word_tokenizer(vocab))
+    converted = convert_tl_checkpoint(state, cfg)
+    result = b.load_state_dict(converted, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"weights of {name!r} do not fit the bridge: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    b.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    return b.to(dev).eval()
 
 
 def save_weights(model: HookedTransformer, name: str, directory: Path | None = None) -> Path:

@@ -19,7 +19,8 @@ exactly zero (ablating a non-circuit head changes no logit at all).
 from __future__ import annotations
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from mechattr.runtime.tl import HookedTransformer, HookedTransformerConfig, require_hooked
 
 PREV_HEAD = 1
 INDUCTION_HEAD = 2
@@ -47,6 +48,7 @@ def build_planted(d_vocab: int = 64, n_ctx: int = 24, n_heads: int = 4) -> Hooke
     """The planted induction model (CPU, float32, eval mode, no tokenizer attached)."""
     if n_heads <= max(PREV_HEAD, INDUCTION_HEAD):
         raise ValueError(f"n_heads must exceed {max(PREV_HEAD, INDUCTION_HEAD)}, got {n_heads}")
+    require_hooked("building the planted organism")
     cfg = HookedTransformerConfig(**planted_config(d_vocab, n_ctx, n_heads), init_weights=False)
     model = HookedTransformer(cfg, move_to_device=False)
     for p in model.parameters():

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mechattr.organisms.specs import get_spec
 from mechattr.organisms.tasks import IGNORE
+from mechattr.runtime.tl import HookedTransformer, HookedTransformerConfig, require_hooked
 
 TRAIN_SEED_OFFSET = 1_000_003  # training batches never reuse evaluation seeds
 
@@ -40,6 +40,7 @@ def build_model(architecture: dict, *, seed: int = 0) -> HookedTransformer:
     state is untouched (TransformerLens's config ``seed`` would reseed torch, numpy and random
     globally).
     """
+    require_hooked("training an organism")
     arch = {**architecture, "seed": None}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Partial transformer blocks: the last block only where a target reads, blocks entered mid-way.
+"""Partial transformer blocks (HookedTransformer fast paths): the last block only where a target reads, blocks entered mid-way.
 
 A target reads the logits at a few positions ``idx`` per row. The last block's output at
 position ``p`` needs keys and values at every position but the query, attention output,
@@ -18,11 +18,15 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.components import Attention, TransformerBlock
 from transformer_lens.utilities.attention import simple_attn_linear
 
-from mechattr.targets import final_logits
+from mechattr.runtime.readout import final_logits
+from mechattr.runtime.tl import is_hooked
+
+try:  # TransformerLens 3.x only (4.x has no HookedTransformer components)
+    from transformer_lens.components import Attention, TransformerBlock
+except ImportError:  # pragma: no cover - TransformerLens 4
+    Attention = TransformerBlock = None  # type: ignore[assignment,misc]
 
 _QUERY_SUFFIXES = (
     "attn.hook_q", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
@@ -33,7 +37,7 @@ _QUERY_SUFFIXES = (
 
 def supported(model: Any) -> bool:
     """Whether :func:`last_block_logits` reproduces ``model``'s last block exactly."""
-    if not isinstance(model, HookedTransformer):
+    if not is_hooked(model) or TransformerBlock is None:
         return False
     cfg = model.cfg
     blk = model.blocks[-1]

@@ -1,0 +1,75 @@
+"""The one activation cache: activations at named hook points of one forward pass."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechattr.runtime.arch import supports_start_at_layer
+from mechattr.runtime.hooks import hooked
+
+LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+def hook_layer(name: str) -> int | None:
+    """Block index of a ``blocks.L.…`` hook name (``None`` for embeddings/final hooks)."""
+    m = LAYER_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def cache_activations(
+    model: Any,
+    tokens: Tensor,
+    names: Sequence[str],
+    *,
+    attention_mask: Tensor | None = None,
+    fwd_hooks: Sequence[tuple[str, Callable]] = (),
+    repeat: int = 1,
+) -> dict[str, Tensor]:
+    """Activations at ``names`` (full hook names) of one forward pass of ``tokens``.
+
+    ``fwd_hooks`` run before the caching hooks (edits); ``repeat`` stacks the tokens that
+    many times (variant-major) first. Activations are keyed by the requested name (a
+    bridge may fire an aliased hook under another name). On a HookedTransformer the forward
+    stops after the last block it needs. ``ValueError`` naming any hook that never fired.
+    """
+    names = list(dict.fromkeys(names))
+    store: dict[str, Tensor] = {}
+
+    def grabber(name: str) -> Callable:
+        def grab(act: Tensor, hook: Any) -> Tensor:
+            store[name] = act.detach().clone()
+            return act
+
+        return grab
+
+    inp = tokens.repeat(repeat, 1) if repeat > 1 else tokens
+    mask = None if attention_mask is None else attention_mask.repeat(repeat, 1)
+    kw: dict[str, Any] = {} if mask is None else {"attention_mask": mask}
+    layers = [hook_layer(x) for x in names]
+    if supports_start_at_layer(model) and names and all(x is not None for x in layers):
+        kw["stop_at_layer"] = max(layers) + 1  # type: ignore[type-var,operator]
+    with torch.no_grad(), hooked(model, [*fwd_hooks, *[(x, grabber(x)) for x in names]]):
+        model(inp, **kw)
+    missing = [x for x in names if x not in store]
+    if missing:
+        raise ValueError(f"the model has no hook points {missing}")
+    return store
+
+
+def cache_pair(model: Any, src: Any, base: Any, src_names: list[str], base_names: list[str]) -> tuple[dict, dict]:
+    """``src`` activations at ``src_names`` and ``base`` ones at ``base_names``, one forward.
+
+    ``src`` and ``base`` are :class:`mechattr.inputs.Batch` of the same shape.
+    """
+    B = src.shape[0]
+    mask = None
+    if src.attention_mask is not None or base.attention_mask is not None:
+        mask = torch.cat([src.mask_or_ones(), base.mask_or_ones()])
+    names = sorted(set(src_names) | set(base_names))
+    acts = cache_activations(model, torch.cat([src.tokens, base.tokens]), names, attention_mask=mask)
+    return {n: acts[n][:B] for n in src_names}, {n: acts[n][B:] for n in base_names}

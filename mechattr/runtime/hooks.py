@@ -1,0 +1,38 @@
+"""One scoped hook install/remove for every model kind."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from mechattr.runtime.tl import is_hooked
+
+
+@contextlib.contextmanager
+def hooked(model: Any, fwd_hooks: Sequence[tuple[str, Callable]], bwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Iterator[None]:
+    """``model.hooks(fwd_hooks=..., bwd_hooks=...)``, cheaper on a HookedTransformer.
+
+    TransformerLens's context manager visits every hook point of the model on exit (more
+    time than a small forward); on a HookedTransformer we add the hooks to their hook
+    points and remove exactly those, in ``finally``. Other models (bridges, whose hook
+    names may be aliases), backward hooks, or unknown names go through ``model.hooks``.
+    """
+    hook_dict = getattr(model, "hook_dict", None)
+    names = [n for n, _ in [*fwd_hooks, *bwd_hooks]]
+    if bwd_hooks or not is_hooked(model) or not isinstance(hook_dict, dict) or any(n not in hook_dict for n in names):
+        with model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+            yield
+        return
+    added = []
+    try:
+        for name, fn in fwd_hooks:
+            hp = hook_dict[name]
+            hp.add_hook(fn, dir="fwd")
+            added.append((hp, hp.fwd_hooks[-1]))
+        yield
+    finally:
+        for hp, handle in reversed(added):
+            handle.hook.remove()
+            hp.fwd_hooks = [h for h in hp.fwd_hooks if h is not handle]
+

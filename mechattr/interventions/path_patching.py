@@ -36,10 +36,10 @@ from mechattr.interventions.variants import (
     Variant,
     base_hooks,
     cache_activations,
-    cache_pair,
     max_rows,
     run_variants,
 )
+from mechattr.runtime.cache import cache_pair
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime import blocks as lastblock

@@ -25,9 +25,9 @@ from mechattr.interventions.variants import (
     Mode,
     Variant,
     base_hooks,
-    cache_pair,
     run_variants,
 )
+from mechattr.runtime.cache import cache_pair
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 

@@ -44,7 +44,14 @@ def last_positions(attention_mask: Tensor | None, batch: int, n_pos: int, device
 
 
 def resolve_positions(pos: PosSpec, batch: int, n_pos: int, attention_mask: Tensor | None, device: torch.device) -> Tensor:
-    """Turn a position spec into a ``[batch]`` long tensor of non-negative positions."""
+    """Turn a position spec into a ``[batch]`` long tensor of non-negative positions.
+
+    The one padding rule of mechattr: a negative position counts back from each row's
+    *last real token* (``-1`` is the last non-pad token, ``-2`` the one before), so right-
+    and left-padded batches read the same tokens as unpadded ones; without a mask (or
+    with left padding) that is the usual ``pos + n_pos``. Non-negative positions are
+    absolute. A position that lands on padding raises ``ValueError``.
+    """
     if isinstance(pos, str):
         if pos != "last":
             raise ValueError(f"unknown position {pos!r}; use an int, a [batch] tensor or 'last'")
@@ -54,10 +61,35 @@ def resolve_positions(pos: PosSpec, batch: int, n_pos: int, attention_mask: Tens
         p = p.expand(batch)
     if p.shape != (batch,):
         raise ValueError(f"positions must be an int or a [batch={batch}] tensor, got shape {tuple(p.shape)}")
-    p = torch.where(p < 0, p + n_pos, p)
+    end = last_positions(attention_mask, batch, n_pos, device) + 1
+    p = torch.where(p < 0, p + end, p)
     if (p < 0).any() or (p >= n_pos).any():
         raise ValueError(f"target position out of range for a sequence of {n_pos} tokens: {pos!r}")
+    check_not_padding(p[:, None], attention_mask)
     return p
+
+
+def check_not_padding(idx: Tensor, attention_mask: Tensor | None) -> None:
+    """``ValueError`` if any position ``idx[b, i]`` is padding under ``attention_mask``."""
+    if attention_mask is None:
+        return
+    m = attention_mask.to(idx.device).long()
+    hit = m.gather(1, idx.clamp(0, m.shape[1] - 1)) == 0
+    if bool(hit.any()):
+        rows = sorted(set(hit.nonzero()[:, 0].tolist()))
+        raise ValueError(
+            f"the target reads a padding position in rows {rows[:10]} (positions "
+            f"{idx[rows[0]].tolist()} of row {rows[0]}); negative positions count from each "
+            f"row's last real token — give a position inside the real tokens"
+        )
+
+
+def has_right_padding(attention_mask: Tensor | None) -> bool:
+    """Whether some row has a pad after a real token."""
+    if attention_mask is None:
+        return False
+    m = attention_mask.long()
+    return bool((m[:, 1:] < m[:, :-1]).any())
 
 
 def _rows(x: Any, rows: Tensor) -> Any:
@@ -87,7 +119,10 @@ class Target:
     # -- which positions --------------------------------------------------------------
     def positions(self, batch: int, n_pos: int, attention_mask: Tensor | None = None, device: Any = "cpu") -> Int[Tensor, "batch k"]:
         p = resolve_positions(self.pos, batch, n_pos, attention_mask, torch.device(device))
-        return p[:, None] + torch.arange(self.k, device=p.device)[None, :]
+        idx = p[:, None] + torch.arange(self.k, device=p.device)[None, :]
+        if self.k > 1:
+            check_not_padding(idx.clamp(max=n_pos - 1), attention_mask)
+        return idx
 
     def from_selected(self, logits: Float[Tensor, "batch k vocab"]) -> Float[Tensor, " batch"]:  # pragma: no cover
         raise NotImplementedError
@@ -232,8 +267,9 @@ class SequenceLogProb(Target):
 
     def positions(self, batch: int, n_pos: int, attention_mask: Tensor | None = None, device: Any = "cpu") -> Tensor:
         p = resolve_positions(self.pos, batch, n_pos, attention_mask, torch.device(device))
-        if (p + self.k >= n_pos).any():
-            raise ValueError(f"the {self.k}-token answer after position {self.pos} runs past the {n_pos}-token input")
+        end = last_positions(attention_mask, batch, n_pos, p.device)
+        if (p + self.k > end).any():
+            raise ValueError(f"the {self.k}-token answer after position {self.pos} runs past the input's last real token")
         return p[:, None] + torch.arange(self.k, device=p.device)[None, :]
 
     def from_selected(self, logits: Float[Tensor, "batch k vocab"]) -> Float[Tensor, " batch"]:
@@ -346,6 +382,12 @@ def target_values(target: Callable, logits: Tensor, attention_mask: Tensor | Non
         t = target if rows == n else target.take(torch.arange(rows, device=logits.device) % n)
         mask = attention_mask if attention_mask is None or attention_mask.shape[0] == rows else attention_mask.repeat(rows // n, 1)
         return t(logits, mask).float()
+    if has_right_padding(attention_mask):
+        raise ValueError(
+            "a plain callable target reads the full logits, so on a right-padded batch it may read "
+            "a pad position; use a mechattr.targets target (negative positions count from each "
+            "row's last real token) or pad on the left"
+        )
     out = [torch.as_tensor(target(logits[i : i + n])) for i in range(0, rows, n)]
     vals = torch.cat([o.reshape(-1) for o in out]).float()
     if vals.shape[0] != rows:

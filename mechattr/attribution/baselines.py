@@ -3,12 +3,15 @@
 A baseline is a tensor ``[R, batch, pos, d_model]`` at ``hook_embed`` (R = 1 for a single
 baseline). Built from a spec (:func:`embedding_baseline`): ``None``/``"zero"`` (zero
 embedding, the default), ``"pad"``/``"mask"`` (the tokenizer's pad/mask token), an int
-token id, ``"mean"`` (mean row of ``W_E``), ``"uniform"`` (a uniformly random token per
-position), ``"gaussian"`` (``N(μ, σ²I)`` with ``μ`` the mean row of ``W_E`` and ``σ`` the
+token id, ``"mean"`` (mean token embedding), ``"uniform"`` (a uniformly random token per
+position), ``"gaussian"`` (``N(μ, σ²I)`` with ``μ`` the mean token embedding and ``σ`` the
 std of its entries — RPI, paper 000 §6), an int tensor of baseline token ids, a float
 tensor, or a sampler ``fn(n, embeds [batch, pos, d_model], generator) -> [n, batch, pos,
-d_model]``. Excluded positions (padding, BOS, chosen special tokens) keep their real
-embedding, so they get zero attribution and completeness holds against that baseline.
+d_model]``. A token's embedding is its ``hook_embed`` value on this model
+(:func:`mechattr.runtime.embedding.embed_tokens`: Gemma's √d_model scale and Bloom's
+embedding LayerNorm included), never a raw ``W_E`` row. Excluded positions (padding,
+BOS, chosen special tokens) keep their real embedding, so they get zero attribution and
+completeness holds against that baseline.
 
 Random baselines are drawn per example from a generator seeded by ``(seed, the example's
 real tokens)`` and laid over its real positions only, so an example gets the same draws
@@ -24,6 +27,8 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+from mechattr.runtime.embedding import embed_tokens, vocab_embeddings
 
 NAMED = ("zero", "pad", "mask", "mean", "uniform", "gaussian")
 RANDOM = ("uniform", "gaussian")
@@ -72,7 +77,7 @@ def embedding_baseline(
     ``n`` baselines are drawn for random specs and samplers (R = n); deterministic specs give
     R = 1. ``real`` marks non-pad positions; ``exclude`` positions keep ``embeds``.
     """
-    W_E = model.W_E
+    V = int(model.cfg.d_vocab)
     x = embeds
     if spec is None or (isinstance(spec, str) and spec == "zero"):
         b = torch.zeros_like(x)[None]
@@ -80,31 +85,32 @@ def embedding_baseline(
         if spec not in NAMED:
             raise ValueError(f"unknown baseline {spec!r}; allowed: {list(NAMED)}, a token id, a tensor or a sampler")
         if spec in ("pad", "mask"):
-            b = W_E[_token_id(model, spec)].to(x.dtype).expand_as(x)[None]
+            b = embed_tokens(model, torch.tensor(_token_id(model, spec))).to(x.device, x.dtype).expand_as(x)[None]
         elif spec == "mean":
-            b = W_E.mean(0).to(x.dtype).expand_as(x)[None]
+            b = vocab_embeddings(model).mean(0).to(x.device, x.dtype).expand_as(x)[None]
         else:
+            E = vocab_embeddings(model).detach().cpu()
             gens = example_generators(tokens, real, seed)
             draws = []
             for i, g in enumerate(gens):
                 k = int(real[i].sum())
                 if spec == "uniform":
-                    ids = torch.randint(0, W_E.shape[0], (n, k), generator=g)
-                    draws.append(W_E[ids.to(W_E.device)].detach().cpu())
+                    ids = torch.randint(0, V, (n, k), generator=g)
+                    draws.append(E[ids])
                 else:
-                    mu, sigma = W_E.mean(0).detach().cpu(), W_E.std().detach().cpu()
-                    draws.append(mu + sigma * torch.randn(n, k, W_E.shape[1], generator=g, dtype=mu.dtype))
+                    mu, sigma = E.mean(0), E.std()
+                    draws.append(mu + sigma * torch.randn(n, k, E.shape[1], generator=g, dtype=mu.dtype))
             b = _scatter_real(draws, real, x).to(x.dtype)
     elif isinstance(spec, int) and not isinstance(spec, bool):
-        if not 0 <= spec < W_E.shape[0]:
-            raise ValueError(f"baseline token id {spec} outside the vocabulary 0..{W_E.shape[0] - 1}")
-        b = W_E[spec].to(x.dtype).expand_as(x)[None]
+        if not 0 <= spec < V:
+            raise ValueError(f"baseline token id {spec} outside the vocabulary 0..{V - 1}")
+        b = embed_tokens(model, torch.tensor(spec)).to(x.device, x.dtype).expand_as(x)[None]
     elif isinstance(spec, Tensor) and not spec.is_floating_point():
         if spec.shape != tokens.shape:
             raise ValueError(f"baseline token ids must have the tokens' shape {tuple(tokens.shape)}; got {tuple(spec.shape)}")
-        if spec.min() < 0 or spec.max() >= W_E.shape[0]:
-            raise ValueError(f"baseline token ids outside the vocabulary 0..{W_E.shape[0] - 1}")
-        b = W_E[spec.to(W_E.device).long()].to(x.dtype)[None]
+        if spec.min() < 0 or spec.max() >= V:
+            raise ValueError(f"baseline token ids outside the vocabulary 0..{V - 1}")
+        b = embed_tokens(model, spec).to(x.device, x.dtype)[None]
     elif isinstance(spec, Tensor):
         b = _float_baseline(spec, x)
     elif callable(spec):

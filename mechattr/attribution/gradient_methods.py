@@ -78,7 +78,7 @@ def expected_gradients(ctx: Ctx, n_samples: int | None = None) -> MethodOutput:
 @register("rpi", default_steps=32, cite="paper 000 §5 (Randomized Path Integration)")
 def rpi(ctx: Ctx, n_baselines: int = 4, psi: Any = "comprehensiveness", k: float = 0.2, quadrature: str = "gausslegendre") -> MethodOutput:
     """Randomized Path Integration (paper 000 §5): R baselines ``b_r ~ N(μ, σ²I)`` (``baseline``
-    default ``"gaussian"``: μ, σ from ``W_E``; or any spec/sampler), an IG map ``m_r`` per
+    default ``"gaussian"``: μ, σ from the token embeddings; or any spec/sampler), an IG map ``m_r`` per
     baseline (``n_steps`` each, default 32), and per example ``argmax_r ψ(m_r)``.
 
     ``psi``: ``"comprehensiveness"`` (F(x) − F(x without the top-k tokens)), ``"sufficiency"``

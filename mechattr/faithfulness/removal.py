@@ -7,8 +7,8 @@ the first position the target reads, never a BOS token or padding. Operators
 
 - ``zero``   — the token embedding at ``hook_embed`` becomes the zero vector ("zero padding",
   as in the AIEG paper's appendix A.4); positional embeddings stay.
-- ``pad``    — the token embedding becomes the pad token's embedding ``W_E[pad_id]``.
-- ``mask``   — the token embedding becomes the mask token's embedding ``W_E[mask_id]``.
+- ``pad``    — the token embedding becomes the pad token's ``hook_embed`` value.
+- ``mask``   — the token embedding becomes the mask token's ``hook_embed`` value.
 - ``delete`` — the token is taken out of the sequence: the kept tokens are right-aligned,
   the freed slots on the left are padding (attention mask 0), so later tokens move to
   earlier position ids and the target is read at its token's new index.
@@ -111,7 +111,9 @@ def replacement_embedding(model: Any, removal: Removal, replacement_id: int | No
             )
     if not 0 <= int(tid) < model.cfg.d_vocab:
         raise ValueError(f"replacement_id {tid} outside the vocabulary 0..{model.cfg.d_vocab - 1}")
-    return model.W_E[int(tid)].detach()
+    from mechattr.runtime.embedding import embed_tokens
+
+    return embed_tokens(model, torch.tensor(int(tid)))
 
 
 def _delete_rows(tokens: Tensor, real: Tensor, keep: Tensor, read_pos: Tensor, fill: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -30,6 +30,7 @@ from mechattr.interventions.variants import (
 from mechattr.runtime.cache import cache_pair
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
+from mechattr.runtime.arch import arch
 
 __all__ = ["Site", "Direction", "activation_patch", "path_patch"]
 
@@ -105,6 +106,13 @@ def activation_patch(
     (``hook_pattern``; per position = per query position) give ``[n_layers, n_heads]``
     (``[n_layers, n_heads, pos]``). Float32 on the model's device; ``return_result=True``
     gives an :class:`InterventionResult` (with the unpatched ``clean``/``corrupted`` means).
+
+    Grouped- and multi-query attention: at ``head_k``/``head_v`` the component is the
+    *key/value head* — ``hook_k``/``hook_v`` hold ``n_kv_heads`` heads — so the grid is
+    ``[n_layers, n_kv_heads]`` (entries named ``L{layer}KV{kv}``), and patching key/value
+    head ``kv`` changes the keys/values of every query head of its group
+    (:meth:`mechattr.runtime.arch.Arch.query_heads`). For one query head's own key or value
+    input, use :func:`path_patch` receivers ``(layer, h, "k"|"v")``.
     """
     check_model(model)
     with model_guard(model), torch.no_grad():
@@ -116,10 +124,10 @@ def activation_patch(
             raise ValueError("site='mlp_out' but the model is attention-only (it has no MLPs)")
         c, x = prepare_pair(model, clean, corrupted, attention_mask)
         base, src = (x, c) if d is Direction.DENOISE else (c, x)
-        n_l, n_h, n_pos = model.cfg.n_layers, model.cfg.n_heads, c.shape[1]
+        n_l, n_pos = model.cfg.n_layers, c.shape[1]
         hooks = [f"blocks.{layer}.{s.hook}" for layer in range(n_l)]
-        if s in (Site.HEAD_K, Site.HEAD_V) and getattr(model.cfg, "n_key_value_heads", None):
-            n_h = model.cfg.n_key_value_heads  # grouped-query attention: one k/v per kv head
+        n_h = arch(model).heads_at(hooks[0])  # head_k/head_v under GQA/MQA: the key/value heads
+        kv = n_h != arch(model).n_heads
         heads: list[int | None] = list(range(n_h)) if s.per_head else [None]
         positions: list[int | None] = list(range(n_pos)) if per_position else [None]
         plan = [(layer, h, p) for layer in range(n_l) for h in heads for p in positions]
@@ -130,7 +138,7 @@ def activation_patch(
         for layer, h, p in plan:
             hook = hooks[layer]
             if p is None or p == 0:
-                names.append(f"L{layer}H{h}" if h is not None else f"{s.value}{layer}")
+                names.append(f"{s.value}{layer}" if h is None else f"L{layer}KV{h}" if kv else f"L{layer}H{h}")
             variants.append(Variant((Edit(hook, s.index(h, p), Mode.PATCH, acts[hook]),), names[-1]))
         out = run_variants(model, base.tokens, variants, target, attention_mask=base.attention_mask, batch_size=batch_size, base_cache=base_cache)
         means = out.mean(1).float()

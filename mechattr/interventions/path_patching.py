@@ -11,6 +11,20 @@ For each sender (a head, patched at ``hook_z``, or an MLP, at ``hook_mlp_out``):
    the query it computes, ``hook_q[:, :, head]``; ``"logits"`` is the final residual
    stream, i.e. the target of run 2); the result is the batch-mean target.
 
+Key/value receivers under grouped- and multi-query attention. A receiver ``(layer, h,
+"k")`` is *query head* ``h``'s key input: the keys ``h`` attends with are the projection
+``W_K^{kv(h)}`` (``kv(h)``: the key/value head of ``h``'s group,
+:meth:`mechattr.runtime.arch.Arch.kv_head`) of run 2's residual, while the sibling query
+heads that share ``kv(h)`` keep the clean keys (``use_split_qkv_input`` with one input per
+query head, projected by its group's ``W_K``); likewise ``"v"``. Under multi-head attention
+this is patching ``hook_k[:, :, h]``. We compute it exactly without re-implementing
+attention (rotary, soft-capping, masks stay the model's): run 3 stacks, per sender, one
+copy of the clean run plus one per distinct set of patched inputs (``k``, ``v``, ``k+v``)
+among the receivers of a layer; a copy patches whole key/value heads ``hook_k/v[:, :,
+kv(h)]`` (run 2's values), and at ``hook_z`` of that layer the receiver heads' ``z`` are
+taken from their copy into the base copy, whose ``z`` every copy then continues with
+(:func:`_split_stage3`).
+
 With every head frozen, run 2 changes the residual only through the sender's output and
 the MLPs, which act position by position: on a HookedTransformer with standard blocks we
 compute it as that MLP chain (for ``"logits"`` only at the target's positions) instead
@@ -36,6 +50,7 @@ from mechattr.interventions.variants import (
     Variant,
     base_hooks,
     cache_activations,
+    edit_hooks,
     max_rows,
     run_variants,
 )
@@ -43,7 +58,9 @@ from mechattr.runtime.cache import cache_pair
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime import blocks as lastblock
-from mechattr.targets import Target, check_finite, target_values
+from mechattr.runtime.arch import arch
+from mechattr.runtime.hooks import hooked
+from mechattr.targets import Target, check_finite, run_target, target_values
 
 QKV = ("q", "k", "v")
 
@@ -63,9 +80,9 @@ def parse_receivers(model: Any, receivers: Any) -> str | list[tuple[int, int, st
         layer, head, which = r
         if which not in QKV:
             raise ValueError(f"receiver {r!r}: input must be one of {list(QKV)}, got {which!r}")
+        if not (isinstance(layer, int) and isinstance(head, int)) or isinstance(layer, bool) or isinstance(head, bool):
+            raise ValueError(f"bad receiver {r!r}: layer and head must be ints")
         Head(layer, head).check(model)
-        if which != "q" and getattr(model.cfg, "n_key_value_heads", None):
-            raise ValueError(f"receiver {r!r}: k/v receivers are not supported for grouped-query attention (n_key_value_heads set); use 'q' or 'logits'")
         out.append((int(layer), int(head), which))
     if not out:
         raise ValueError("no receivers given: pass 'logits' or at least one (layer, head, 'q'|'k'|'v')")
@@ -89,7 +106,10 @@ def path_patch(
     ``senders``: heads/MLPs (``"L0H1"``, ``Head``, ``"MLP0"``); ``receivers``: ``"logits"``
     or ``[(layer, head, "q"|"k"|"v"), ...]``, all in later layers than every sender.
     Returns ``[len(senders)]`` float32 on the model's device (``return_result=True``: an
-    :class:`InterventionResult` with the unpatched ``clean`` batch-mean target).
+    :class:`InterventionResult` with the unpatched ``clean`` batch-mean target). A ``k``/``v``
+    receiver ``(layer, h, ·)`` is query head ``h``'s own key/value input, also under
+    grouped- or multi-query attention, where the query heads sharing ``h``'s key/value head
+    are left clean (module docstring).
     """
     check_model(model)
     with model_guard(model), torch.no_grad():
@@ -107,7 +127,9 @@ def path_patch(
         max_rows(model, c.shape[1], batch_size, c.tokens.device)  # validates batch_size
         stop = n_l if recv == "logits" else max(r[0] for r in recv)
         resid, idx, base_cache = None, None, None
-        if lastblock.supported(model):
+        a = arch(model)
+        split = recv != "logits" and a.group > 1 and any(r[2] != "q" for r in recv)
+        if lastblock.supported(model) and not split:
             # the last block's queries matter only where the target reads
             if isinstance(target, Target) and (recv == "logits" or all(r[0] == n_l - 1 and r[2] == "q" for r in recv)):
                 idx = target.positions(c.shape[0], c.shape[1], c.attention_mask, c.tokens.device)
@@ -126,8 +148,11 @@ def path_patch(
                 inputs = _receiver_inputs(model, resid, [r for r in recv if r not in first], c.shape, idx)
                 if first:
                     inputs["z"] = _receiver_z(model, resid, first, base_cache, c.attention_mask)
-            variants = [_stage3(recv, {r: v[i] for r, v in inputs.items()}, str(s), first) for i, s in enumerate(sends)]
-            vals = run_variants(model, c.tokens, variants, target, attention_mask=c.attention_mask, batch_size=batch_size, base_cache=base_cache)
+            if split:
+                vals = _split_stage3(model, c, sends, recv, inputs, target, batch_size)
+            else:
+                variants = [_stage3(recv, {r: v[i] for r, v in inputs.items()}, str(s), first) for i, s in enumerate(sends)]
+                vals = run_variants(model, c.tokens, variants, target, attention_mask=c.attention_mask, batch_size=batch_size, base_cache=base_cache)
         scores = vals.mean(1).float()
     if not return_result:
         return scores
@@ -153,6 +178,69 @@ def _stage3(recv: list, values: dict | None, name: str, first: list | None = Non
         z = Edit(f"blocks.{first[0][0]}.attn.hook_z", (slice(None), heads), mode, None if values is None else values["z"])
         edits.insert(0, z)
     return Variant(tuple(edits), name)
+
+
+def _split_plan(recv: list) -> dict[int, list[tuple[tuple[str, ...], list[int]]]]:
+    """Per receiver layer, the query heads with k/v receivers grouped by which of their
+    inputs are patched: ``{layer: [(("k",), [h, ...]), (("k", "v"), [...]), ...]}``."""
+    inputs: dict[tuple[int, int], set[str]] = {}
+    for layer, head, which in recv:
+        if which != "q":
+            inputs.setdefault((layer, head), set()).add(which)
+    plan: dict[int, dict[tuple[str, ...], list[int]]] = {}
+    for (layer, head), ws in sorted(inputs.items()):
+        plan.setdefault(layer, {}).setdefault(tuple(sorted(ws)), []).append(head)
+    return {layer: sorted(g.items()) for layer, g in plan.items()}
+
+
+def _split_stage3(model: Any, c: Any, sends: list[Component], recv: list, inputs: dict, target: Callable, batch_size: int | None) -> Tensor:
+    """Run 3 with per-query-head key/value receivers (module docstring), ``[n_senders, B]``.
+
+    Rows are ``sender × copy × example``. Copy 0 is run 3 proper; copy ``j ≥ 1`` patches, in
+    each receiver layer with a ``j``-th input set ``(ws, heads)``, ``hook_w[:, :, kv(h)]``
+    for ``w`` in ``ws`` and ``h`` in ``heads`` with run 2's values. At ``hook_z`` of that
+    layer, copy 0 takes the ``z`` of ``heads`` from copy ``j``, and every copy continues
+    with copy 0's ``z`` (copies are identical outside a receiver layer's attention). Query
+    receivers patch ``hook_q[:, :, h]`` in every copy.
+    """
+    a = arch(model)
+    B, n_pos = c.shape
+    plan = _split_plan(recv)
+    n_c = 1 + max(len(g) for g in plan.values())
+    n_s = len(sends)
+    slots = []
+    for i, s in enumerate(sends):
+        q_edits = [Edit(_qkv_hook(r), (slice(None), r[1]), Mode.PATCH, inputs[r][i]) for r in recv if r[2] == "q"]
+        for j in range(n_c):
+            edits = list(q_edits)
+            for layer, groups in plan.items():
+                if 1 <= j <= len(groups):
+                    ws, heads = groups[j - 1]
+                    for w in ws:
+                        hook = _qkv_hook((layer, heads[0], w))
+                        kvs = sorted({a.head_index(hook, h) for h in heads})
+                        edits.append(Edit(hook, (slice(None), kvs), Mode.PATCH, inputs[(layer, heads[0], w)][i]))
+            slots.append(Variant(tuple(edits), f"{s}/copy{j}"))
+
+    def merge(groups: list) -> Callable:
+        def hook(z: Tensor, hook: Any = None) -> Tensor:
+            zz = z.reshape(-1, n_c, B, *z.shape[1:]).clone()
+            for j, (_, heads) in enumerate(groups, 1):
+                zz[:, 0, :, :, heads] = zz[:, j, :, :, heads]
+            zz[:, 1:] = zz[:, :1]
+            return zz.reshape(z.shape)
+
+        return hook
+
+    per = max(1, max_rows(model, n_pos, batch_size, c.tokens.device) // (B * n_c))
+    out = []
+    for i in range(0, n_s, per):
+        chunk = slots[i * n_c : (i + per) * n_c]
+        hooks = edit_hooks(chunk, B, n_pos) + [(f"blocks.{layer}.attn.hook_z", merge(groups)) for layer, groups in plan.items()]
+        with hooked(model, hooks):
+            vals = run_target(model, c.tokens.repeat(len(chunk), 1), target, attention_mask=c.attention_mask, n_examples=B)
+        out.append(check_finite(vals.reshape(-1, n_c, B)[:, 0].float(), "target under path patching"))
+    return torch.cat(out)
 
 
 def _first_layer(recv: list) -> list:
@@ -316,7 +404,8 @@ def _receiver_z(model: Any, resid: list[dict], first: list, clean: dict, mask: T
     x = model.blocks[layer].ln1(torch.cat([res[layer] for res in resid]))
     qkv = []
     for which in QKV:
-        cur = clean[_qkv_hook((layer, 0, which))][:, :, heads].repeat(n, 1, 1, 1)
+        hook = _qkv_hook((layer, 0, which))
+        cur = clean[hook][:, :, [arch(model).head_index(hook, h) for h in heads]].repeat(n, 1, 1, 1)
         mine = [j for j, h in enumerate(heads) if (layer, h, which) in first]
         if mine:
             hs = [heads[j] for j in mine]

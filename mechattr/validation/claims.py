@@ -17,7 +17,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechattr.components import Head
 from mechattr.inputs import Batch
+from mechattr.runtime.arch import arch
 from mechattr.targets import Target, run_target
 
 CONFIRMED, NOT_CONFIRMED, UNTESTED = "confirmed", "not confirmed", "untested"
@@ -94,18 +96,26 @@ class Claim:
 
 # --------------------------------------------------------------------------- links
 def link_strength(model: Any, batch: Batch, q: Int[Tensor, " batch"], src: Int[Tensor, " batch"]) -> Tensor:
-    """``[n_layers, n_heads]`` batch mean of ``pattern[b, h, q_b, s_b] · ‖v[b, s_b, h] W_O^h‖``:
-    how much each head at the query position writes from the source token's value."""
-    names = {f"blocks.{layer}.attn.hook_{k}" for layer in range(model.cfg.n_layers) for k in ("pattern", "v")}
+    """``[n_layers, n_heads]`` batch mean of how much each head at the query position writes
+    from the source token's value.
+
+    ``pattern[b, h, q_b, s_b] · ‖v[b, s_b, kv(h)] W_O^h‖`` where ``kv(h)`` is the key/value
+    head query head ``h`` reads (``h`` itself under multi-head attention; its group's shared
+    head under grouped- or multi-query attention, :meth:`mechattr.runtime.arch.Arch.kv_head`).
+    """
+    a = arch(model)
+    names = {f"blocks.{layer}.attn.hook_{k}" for layer in range(a.n_layers) for k in ("pattern", "v")}
     _, cache = model.run_with_cache(batch.tokens, attention_mask=batch.attention_mask, names_filter=lambda n: n in names)
     ar = torch.arange(batch.shape[0], device=batch.tokens.device)
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    for layer in range(model.cfg.n_layers):
+    out = torch.zeros(a.n_layers, a.n_heads)
+    for layer in range(a.n_layers):
+        hv = f"blocks.{layer}.attn.hook_v"
+        kv = torch.tensor([a.head_index(hv, h) for h in range(a.n_heads)], device=batch.tokens.device)
         pat = cache[f"blocks.{layer}.attn.hook_pattern"][ar, :, q, src]  # [b, h]
-        v = cache[f"blocks.{layer}.attn.hook_v"][ar, src]  # [b, h, d_head]
+        v = cache[hv][ar, src][:, kv]  # [b, h, d_head]: each query head's value
         wo = model.blocks[layer].attn.W_O  # [h, d_head, d_model]
-        norm = torch.einsum("bhd,hdm->bhm", v, wo).norm(dim=-1)
-        out[layer] = (pat * norm).mean(0).cpu()
+        norm = torch.einsum("bhd,hdm->bhm", v.to(wo.dtype), wo).norm(dim=-1)
+        out[layer] = (pat * norm).float().mean(0).cpu()
     return out
 
 
@@ -120,10 +130,16 @@ def edge_effects(
     *,
     batch_size: int | None = None,
 ) -> Tensor:
-    """``[variants]`` batch-mean change of ``target`` when the edge (source ``src[v, b]`` →
-    query ``q[b]``) of head ``(layer, head)`` is removed: ``z[q] ← z[q] − A[q, s] · v[s]``
-    (the head's value at that source position no longer reaches the query; nothing else
-    changes in that layer). Variants are stacked along the batch dimension."""
+    """``[variants]`` batch-mean change of ``target`` when one attention edge is removed.
+
+    The edge (source ``src[v, b]`` → query ``q[b]``) of query head ``(layer, head)``:
+    ``z[q, h] ← z[q, h] − A[h, q, s] · v[s, kv(h)]`` (the head's value at that source
+    position no longer reaches the query; nothing else changes in that layer — under
+    grouped- or multi-query attention the sibling query heads that share the key/value head
+    ``kv(h)`` keep their edges). Variants are stacked along the batch dimension."""
+    a = arch(model)
+    Head(layer, head).check(model)
+    kv = a.head_index(f"blocks.{layer}.attn.hook_v", head)
     v_n, b = src.shape
     rows = v_n * b
     dev = batch.tokens.device
@@ -143,18 +159,21 @@ def edge_effects(
             ar = torch.arange(r1 - r0, device=dev)
             qs, ss = q_rows[r0:r1], s_rows[r0:r1]
 
-            def keep(act: Tensor, hook: Any, stash: dict = stash) -> Tensor:
-                stash[hook.name.rsplit("_", 1)[-1]] = act
-                return act
+            def keep(key: str, stash: dict = stash) -> Any:
+                def fn(act: Tensor, hook: Any = None) -> Tensor:
+                    stash[key] = act  # by our key: a bridge's hook.name may be the aliased module's
+                    return act
+
+                return fn
 
             def edit(z: Tensor, hook: Any, ar: Tensor = ar, qs: Tensor = qs, ss: Tensor = ss, stash: dict = stash) -> Tensor:
                 z = z.clone()
-                a = stash["pattern"][ar, head, qs, ss][:, None]
-                z[ar, qs, head] = z[ar, qs, head] - a * stash["v"][ar, ss, head]
+                w = stash["pattern"][ar, head, qs, ss][:, None].to(z.dtype)
+                z[ar, qs, head] = z[ar, qs, head] - w * stash["v"][ar, ss, kv].to(z.dtype)
                 return z
 
             pre = f"blocks.{layer}.attn."
-            hooks = [(pre + "hook_v", keep), (pre + "hook_pattern", keep), (pre + "hook_z", edit)]
+            hooks = [(pre + "hook_v", keep("v")), (pre + "hook_pattern", keep("pattern")), (pre + "hook_z", edit)]
             with model.hooks(fwd_hooks=hooks):
                 m = None if mask is None else mask[r0:r1]
                 vals.append(run_target(model, tokens[r0:r1], full.take(torch.arange(r0, r1, device=dev)), attention_mask=m))

@@ -6,32 +6,46 @@ import os
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from mechattr.runtime.tl import HAS_HOOKED, HookedTransformer, HookedTransformerConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
-def make_model(n_layers=2, d_model=32, n_heads=4, d_vocab=24, n_ctx=16, attn_only=False, seed=0, **kw) -> HookedTransformer:
-    """A small random HookedTransformer (LayerNorm, MLPs unless attn_only)."""
-    cfg = HookedTransformerConfig(
+requires_hooked = pytest.mark.skipif(not HAS_HOOKED, reason="HookedTransformer-only: TransformerLens 4 has none")
+
+
+def make_model(n_layers=2, d_model=32, n_heads=4, d_vocab=24, n_ctx=16, attn_only=False, seed=0, **kw):
+    """A small random model (LayerNorm, MLPs unless attn_only): a HookedTransformer on
+    TransformerLens 3, the same-config native TransformerBridge (compatibility mode, no
+    weight processing) on TransformerLens 4."""
+    fields = dict(
         n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, d_head=d_model // n_heads, n_heads=n_heads,
         d_vocab=d_vocab, d_mlp=None if attn_only else 4 * d_model, act_fn="gelu", attn_only=attn_only,
         normalization_type="LN", seed=seed, **kw,
     )
-    model = HookedTransformer(cfg)
+    if HAS_HOOKED:
+        model = HookedTransformer(HookedTransformerConfig(**fields))
+    else:
+        from transformer_lens.config import TransformerBridgeConfig
+
+        from mechattr.runtime.tl import TransformerBridge
+
+        model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(fields))
+        model.enable_compatibility_mode(disable_warnings=True, no_processing=True)
     model.eval()
     return model
 
 
 @pytest.fixture
-def model() -> HookedTransformer:
+def model():
     return make_model()
 
 
 @pytest.fixture
-def attn_model() -> HookedTransformer:
+def attn_model():
     return make_model(attn_only=True, n_layers=2)
 
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from mechattr.faithfulness.metrics import check_k, check_scores, n_top, top_mask
 from mechattr.faithfulness.removal import removable_mask
 from mechattr.inputs import prepare_tokens
 from mechattr.model import model_guard
+from mechattr.runtime.clone import deepcopy_model
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
@@ -118,7 +118,7 @@ def cascading_randomization(
         batch = prepare_tokens(model, tokens, attention_mask)
         keep = removable_mask(model, batch, target, bos=bos)
         base = check_scores(fn(model, batch.tokens, target), batch, keep, "fn(model, tokens, target)")
-        work = copy.deepcopy(model)
+        work = deepcopy_model(model)
     g = torch.Generator().manual_seed(int(seed))
     names, sp, sp_abs, maps = [], [], [], [base.cpu()]
     params = dict(work.named_parameters())

@@ -60,7 +60,10 @@ def _ig_attn(model: Any, toks: Tensor, mask: Tensor | None, target: Callable, **
     out = []
     for name in _pattern_names(model):
         pi = path_integral(model, toks, target, name, baseline=None, alphas=alphas, weights=weights, attention_mask=mask, batch_size=kw["batch_size"])
-        out.append(_sites.zero_pads(name, pi.attributions.float(), mask))
+        a = _sites.zero_pads(name, pi.attributions.float(), mask)
+        out.append(a)
+        kw["deltas"].append(a.flatten(1).sum(-1) - (pi.f_input - pi.f_baseline).float())
+        kw["gaps"].append((pi.f_input - pi.f_baseline).float())
     return torch.stack(out, 1)
 
 
@@ -89,7 +92,10 @@ def _rpi_attn(model: Any, toks: Tensor, mask: Tensor | None, target: Callable, *
         noise = torch.randn((R, *s.shape), generator=gen).to(s.device, s.dtype)
         b = torch.where(live[None], m + sd * noise, torch.full_like(noise, neg))
         pi = path_integral(model, toks, target, name, baseline=b, input_act=x, alphas=alphas, weights=weights, attention_mask=mask, batch_size=kw["batch_size"])
-        out.append(_sites.zero_pads(name, pi.attributions.float(), mask))
+        a = _sites.zero_pads(name, pi.attributions.float(), mask)
+        out.append(a)
+        kw["deltas"].append(a.flatten(1).sum(-1) - (pi.f_input - pi.f_baseline).float())
+        kw["gaps"].append((pi.f_input - pi.f_baseline).float())
         per_r.append(torch.stack([_sites.zero_pads(name, a.float(), mask) for a in pi.attributions_per_baseline]))
     if kw["return_all"]:
         return torch.stack(per_r, 2)  # [R, batch, n_layers, heads, q, k]
@@ -111,13 +117,20 @@ def attribute_attention(
     return_all: bool = False,
     batch_size: int | None = None,
     attention_mask: Any = None,
-) -> Float[Tensor, "..."]:
+    return_delta: bool = False,
+) -> Float[Tensor, "..."] | tuple[Tensor, Tensor | None]:
     """Attribute each example's target to every attention weight: ``[batch, n_layers,
     n_heads, q, k]`` (``rpi`` with ``return_all=True``: ``[R, batch, n_layers, n_heads, q,
     k]``). Methods ``grad_x_attn``, ``ig`` (Hao et al. 2021), ``rpi`` (paper 000): see the
     module docstring. ``n_steps``/``schedule``: quadrature of ``ig``/``rpi``;
     ``n_baselines``, ``seed``, ``mu``, ``sigma``: RPI's Gaussian baselines over scores.
     Masked (future / padding) entries get 0.
+
+    Path methods (``ig``, ``rpi``) are checked for convergence: per example and layer,
+    ``δ = Σ_{heads, q, k} attr − (F(x) − F(baseline_l))``; a :class:`ConvergenceWarning`
+    is raised when ``|δ|`` exceeds 5 % of the gap (:func:`~mechattr.attribution.paths.
+    convergence_report`). ``return_delta=True`` returns ``(attr, δ [batch, n_layers])``
+    (``δ`` is ``None`` for ``grad_x_attn``).
     """
     check_model(model)
     if not callable(target):
@@ -129,9 +142,18 @@ def attribute_attention(
         b = prepare_tokens(model, tokens, attention_mask)
         _sites.row_size(model, b.tokens, target, batch_size)  # validates batch_size
         with _sites.finite_masked_scores(model, b.attention_mask):
+            deltas: list[Tensor] = []
+            gaps: list[Tensor] = []
             out = fn(model, b.tokens, b.attention_mask, target, n_steps=n_steps, schedule=schedule, n_baselines=n_baselines,
-                     seed=seed, mu=mu, sigma=sigma, return_all=return_all, batch_size=batch_size)
-        return out.detach().float()
+                     seed=seed, mu=mu, sigma=sigma, return_all=return_all, batch_size=batch_size, deltas=deltas, gaps=gaps)
+        delta = None
+        if deltas:
+            from mechattr.attribution.paths import convergence_report
+
+            delta = torch.stack(deltas, 1).detach().float()
+            convergence_report(delta, torch.stack(gaps, 1), f"attribute_attention(method={method!r})")
+        out = out.detach().float()
+        return (out, delta) if return_delta else out
 
 
 def attention_to_tokens(attr: Float[Tensor, "*r batch n_layers n_heads q k"], *, query: int | None = None) -> Float[Tensor, "*r batch k"]:

@@ -1,8 +1,10 @@
 """Baselines for token attribution: points of embedding space that stand for "no token".
 
 A baseline is a tensor ``[R, batch, pos, d_model]`` at ``hook_embed`` (R = 1 for a single
-baseline). Built from a spec (:func:`embedding_baseline`): ``None``/``"zero"`` (zero
-embedding, the default), ``"pad"``/``"mask"`` (the tokenizer's pad/mask token), an int
+baseline). Built from a spec (:func:`embedding_baseline`): ``None`` (the model's default,
+:func:`default_spec`: ``"zero"`` where positional embeddings are added to the residual,
+``"mean"`` on rotary/ALiBi models, whose first norm is singular at the zero embedding),
+``"zero"`` (zero embedding), ``"pad"``/``"mask"`` (the tokenizer's pad/mask token), an int
 token id, ``"mean"`` (mean token embedding), ``"uniform"`` (a uniformly random token per
 position), ``"gaussian"`` (``N(μ, σ²I)`` with ``μ`` the mean token embedding and ``σ`` the
 std of its entries — RPI, paper 000 §6), an int tensor of baseline token ids, a float
@@ -28,6 +30,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechattr.runtime.arch import arch
 from mechattr.runtime.embedding import embed_tokens, vocab_embeddings
 
 NAMED = ("zero", "pad", "mask", "mean", "uniform", "gaussian")
@@ -61,6 +64,12 @@ def _token_id(model: Any, spec: str) -> int:
     return int(tid)
 
 
+def default_spec(model: Any) -> str:
+    """The baseline used when none is given: :attr:`mechattr.runtime.arch.Arch.default_token_baseline`
+    (the zero embedding with additive positional embeddings, else the mean token embedding)."""
+    return arch(model).default_token_baseline
+
+
 def embedding_baseline(
     model: Any,
     spec: Any,
@@ -79,7 +88,9 @@ def embedding_baseline(
     """
     V = int(model.cfg.d_vocab)
     x = embeds
-    if spec is None or (isinstance(spec, str) and spec == "zero"):
+    if spec is None:
+        spec = default_spec(model)
+    if isinstance(spec, str) and spec == "zero":
         b = torch.zeros_like(x)[None]
     elif isinstance(spec, str):
         if spec not in NAMED:

@@ -124,8 +124,14 @@ def attribute_heads(
     if not return_result:
         return scores
     delta = ctx.extras.get("convergence_delta")
+    if delta is not None:
+        from mechattr.attribution.paths import convergence_report
+
+        completeness = convergence_report(delta, ctx.extras["f_input"] - ctx.extras["f_baseline"], f"attribute_{kind}(method={method!r})")
     parts = {k: (v.sum(1).permute(0, 2, 1) if per_position else v.sum((1, 2))).detach() for k, v in ctx.extras.get("parts", {}).items()}
     meta = _meta(method, target, n_steps=n_steps, schedule=schedule, corrupted=corr is not None, grad_drop=grad_drop, qk_fix=qk_fix)
+    if delta is not None:
+        meta["completeness"] = completeness
     return ComponentAttribution(scores, kind, method, bool(per_position), None if delta is None else delta.detach(), meta | {"positions": "source" if per_position == "source" else ("own" if per_position else "summed")}, parts or None)
 
 
@@ -172,12 +178,16 @@ def _resid_ig(model: Any, toks: Tensor, mask: Tensor | None, corr: Tensor | None
 
     alphas, weights = schedule(kw["n_steps"], kw["schedule"])
     base = _sites.cache(model, corr, mask, names, kw["batch_size"]) if corr is not None else None
-    rows, deltas = [], []
+    rows, deltas, gaps = [], [], []
     for n in names:
         pi = path_integral(model, toks, target, n, baseline=None if base is None else base[n], alphas=alphas, weights=weights, attention_mask=mask, batch_size=kw["batch_size"])
         a = _sites.zero_pads(n, pi.attributions.float(), mask).sum(-1)  # [batch, pos]
         rows.append(a / toks.shape[0])
         deltas.append((a.sum(-1) - (pi.f_input - pi.f_baseline)).mean())
+        gaps.append((pi.f_input - pi.f_baseline).mean())
+    from mechattr.attribution.paths import convergence_report
+
+    kw["report"].update(convergence_report(torch.stack(deltas), torch.stack(gaps), "attribute_resid(method='ig')"))
     return torch.stack(rows), torch.stack(deltas)
 
 
@@ -218,11 +228,14 @@ def attribute_resid(
         _sites.row_size(model, toks, target, batch_size)  # validates batch_size
         names = resid_names(model, include_final)
         with _sites.finite_masked_scores(model, mask):
-            per, delta = fn(model, toks, mask, corr, target, names, batch_size=batch_size, n_steps=n_steps, schedule=schedule)
+            report: dict = {}
+            per, delta = fn(model, toks, mask, corr, target, names, batch_size=batch_size, n_steps=n_steps, schedule=schedule, report=report)
         n = toks.shape[0]
         scores = (per.permute(1, 0, 2) * n) if per_example else per.sum(1)
         scores = scores.detach().float()
     if not return_result:
         return scores
     meta = _meta(method, target, n_steps=n_steps, schedule=schedule, corrupted=corr is not None, include_final=include_final, per_example=per_example)
+    if report:
+        meta["completeness"] = report
     return ComponentAttribution(scores, "resid", method, True, delta, meta)

@@ -221,13 +221,17 @@ def attribute_tokens(
         else:
             scores = attr * (~excl)
         settings = {
-            "baseline": _bl.describe(baseline), "n_steps": n_steps if n_steps is not None else spec.default_steps,
+            "baseline": _bl.describe(_bl.default_spec(model) if baseline is None else baseline), "n_steps": n_steps if n_steps is not None else spec.default_steps,
             "batch_size": batch_size, "seed": seed, "reduction": red, "exclude_bos": exclude_bos,
             "exclude_tokens": None if exclude_tokens is None else torch.as_tensor(exclude_tokens).reshape(-1).tolist(),
             "target": target.describe() if isinstance(target, Target) else getattr(target, "__name__", "callable"),
             "segments": segments if isinstance(segments, (str, type(None))) else [list(s) for s in segments],
             **{k: v for k, v in method_kwargs.items() if isinstance(v, (int, float, str, bool, type(None), tuple, list))},
         }
+        if out.delta is not None and out.f_input is not None and out.f_baseline is not None:
+            from mechattr.attribution.paths import convergence_report
+
+            settings["completeness"] = convergence_report(out.delta, out.f_input - out.f_baseline, f"attribute_tokens(method={method!r})")
         res = TokenAttribution.build(
             scores=scores, tokens=batch.tokens, attention_mask=batch.attention_mask, str_tokens=strs,
             method=method, settings=settings, convergence_delta=out.delta, f_input=out.f_input,

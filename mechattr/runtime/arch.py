@@ -93,6 +93,15 @@ class Arch:
         return self.kind == "hooked"
 
     @property
+    def default_token_baseline(self) -> str:
+        """The default baseline of token attribution at ``hook_embed``: ``"zero"`` where the
+        model adds positional embeddings to the residual stream (the first norm never sees
+        the zero vector, so the path from it is smooth); ``"mean"`` (the mean token
+        embedding) where it does not (rotary, ALiBi, shortformer: on the zero embedding the
+        first norm divides by ~0, the target is chaotic as α → 0 and IG does not converge)."""
+        return "zero" if self.positional == "standard" else "mean"
+
+    @property
     def rmsnorm(self) -> bool:
         return self.norm in ("RMS", "RMSPre")
 

@@ -38,7 +38,7 @@ def embed_tokens(model: Any, ids: Tensor) -> Tensor:
     for chunk in uniq.split(_CHUNK):
         store: dict[str, Tensor] = {}
 
-        def grab(act: Tensor, hook: Any = None) -> Tensor:
+        def grab(act: Tensor, hook: Any = None, store: dict = store) -> Tensor:
             store["e"] = act.detach()
             raise _Stop
 

@@ -315,8 +315,10 @@ def test_validate_runs_under_gqa(gqa_model, unchanged):
     with unchanged(m):
         rep = validate(m, tokens, targets.logit(torch.tensor([3, 4, 5])), corrupted=corrupted, methods=("saliency",),
                        n_draws=4, curve_steps=3, curve_draws=2, top_links=2, ablation_modes=("zero",))
-    links = rep.heads["links"]
-    assert links is not None and links.shape == (N_LAYERS, N_HEADS) and torch.isfinite(links).all()
+    assert rep.skipped == []
+    for key in ("atp", "path_patch", "links"):
+        grid = torch.as_tensor(rep.heads[key])
+        assert grid.shape == (N_LAYERS, N_HEADS) and torch.isfinite(grid).all(), key
     kinds = {c.kind for c in rep.claims}
     assert "link" in kinds and "head" in kinds
     for c in rep.claims:

@@ -11,7 +11,7 @@ import torch
 
 import mechattr
 from mechattr import targets
-from mechattr.attribution.paths import CONVERGENCE_RTOL, ConvergenceWarning, convergence_report
+from mechattr.convergence import CONVERGENCE_RTOL, ConvergenceWarning, convergence_report
 from mechattr.runtime.arch import arch
 from mechattr.runtime.embedding import vocab_embeddings
 

@@ -72,3 +72,15 @@ def test_load_rejects_other_schemas(tmp_path):
     p.write_text(json.dumps({"schema": "mechattr.validation_report", "schema_version": 999}))
     with pytest.raises(ValueError, match="schema_version"):
         ValidationReport.load(p)
+
+
+def test_report_warns_when_a_path_map_has_not_converged():
+    from mechattr.report.html import render_html
+
+    rep = evil_report()
+    rep.faithfulness = {"ig": {"summary": {}}, "saliency": {"summary": {}}}
+    rep.completeness = {"ig": {"ok": False, "max_abs_delta": 0.8, "max_rel_delta": 1.5, "rtol": 0.05}}
+    html = render_html(rep)
+    assert "ig: not converged" in html and "150%" in html
+    rep.completeness = {"ig": {"ok": True, "max_abs_delta": 1e-5, "max_rel_delta": 0.001, "rtol": 0.05}}
+    assert "not converged" not in render_html(rep)

@@ -148,7 +148,7 @@ def attribute_attention(
                      seed=seed, mu=mu, sigma=sigma, return_all=return_all, batch_size=batch_size, deltas=deltas, gaps=gaps)
         delta = None
         if deltas:
-            from mechattr.attribution.paths import convergence_report
+            from mechattr.convergence import convergence_report
 
             delta = torch.stack(deltas, 1).detach().float()
             convergence_report(delta, torch.stack(gaps, 1), f"attribute_attention(method={method!r})")

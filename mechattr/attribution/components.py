@@ -125,7 +125,7 @@ def attribute_heads(
         return scores
     delta = ctx.extras.get("convergence_delta")
     if delta is not None:
-        from mechattr.attribution.paths import convergence_report
+        from mechattr.convergence import convergence_report
 
         completeness = convergence_report(delta, ctx.extras["f_input"] - ctx.extras["f_baseline"], f"attribute_{kind}(method={method!r})")
     parts = {k: (v.sum(1).permute(0, 2, 1) if per_position else v.sum((1, 2))).detach() for k, v in ctx.extras.get("parts", {}).items()}
@@ -185,7 +185,7 @@ def _resid_ig(model: Any, toks: Tensor, mask: Tensor | None, corr: Tensor | None
         rows.append(a / toks.shape[0])
         deltas.append((a.sum(-1) - (pi.f_input - pi.f_baseline)).mean())
         gaps.append((pi.f_input - pi.f_baseline).mean())
-    from mechattr.attribution.paths import convergence_report
+    from mechattr.convergence import convergence_report
 
     kw["report"].update(convergence_report(torch.stack(deltas), torch.stack(gaps), "attribute_resid(method='ig')"))
     return torch.stack(rows), torch.stack(deltas)

@@ -229,7 +229,7 @@ def attribute_tokens(
             **{k: v for k, v in method_kwargs.items() if isinstance(v, (int, float, str, bool, type(None), tuple, list))},
         }
         if out.delta is not None and out.f_input is not None and out.f_baseline is not None:
-            from mechattr.attribution.paths import convergence_report
+            from mechattr.convergence import convergence_report
 
             settings["completeness"] = convergence_report(out.delta, out.f_input - out.f_baseline, f"attribute_tokens(method={method!r})")
         res = TokenAttribution.build(

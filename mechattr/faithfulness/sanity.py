@@ -168,7 +168,8 @@ def agreement(
 
 # --------------------------------------------------------------------------- completeness
 def completeness(result: Any, *, rtol: float = 0.05, atol: float = 1e-3) -> dict[str, Any]:
-    """Completeness of a path attribution: ``|convergence_delta| ≤ atol + rtol · |Σ scores|``.
+    """Completeness of a path attribution: ``|δ| ≤ atol + rtol · |F(x) − F(x')|``
+    (:func:`mechattr.convergence.convergence_report`; ``F(x) − F(x') = Σ scores − δ``).
 
     ``result`` has ``.scores [batch, pos]`` and ``.convergence_delta [batch]``
     (``Σ scores − (F(x) − F(x'))``). Raises ``ValueError`` for non-path results.
@@ -180,12 +181,12 @@ def completeness(result: Any, *, rtol: float = 0.05, atol: float = 1e-3) -> dict
             "completeness needs a path-method result with .scores and .convergence_delta "
             "(ig, ig_clipped, expected_gradients, rpi, ps_ig); this result has none"
         )
+    from mechattr.convergence import convergence_report
+
     d = torch.as_tensor(delta).detach().float().cpu().reshape(-1)
-    total = torch.as_tensor(scores).detach().float().cpu().sum(-1).reshape(-1)
-    tol = atol + rtol * total.abs()
-    ok = d.abs() <= tol
-    return {"delta": d.tolist(), "sum_scores": total.tolist(), "max_abs_delta": float(d.abs().max()),
-            "rtol": rtol, "atol": atol, "passes": bool(ok.all())}
+    total = torch.as_tensor(scores).detach().float().cpu().flatten(1).sum(-1).reshape(-1)
+    rep = convergence_report(d, total - d, "completeness", rtol=rtol, atol=atol, warn=False)
+    return {"delta": d.tolist(), "sum_scores": total.tolist(), **rep, "passes": rep["ok"]}
 
 
 def methods_table(names: Sequence[str], matrix: Sequence[Sequence[float]]) -> Any:

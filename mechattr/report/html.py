@@ -27,7 +27,7 @@ h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-to
 table{border-collapse:collapse;font-size:.85em;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 .confirmed{background:#d7f5dd;font-weight:600} .not-confirmed{background:#fbdcdc;font-weight:600} .untested{background:#eee}
-.note{color:#555;font-size:.9em} pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:.8em}
+.note{color:#555;font-size:.9em} .warn{color:#a40000} pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:.8em}
 """
 
 
@@ -93,6 +93,7 @@ def _faith_frame(report: Any) -> Any:
             row["hit rate random"] = f.get("hit_rate_control_mean")
         comp = report.completeness.get(m)
         row["completeness |δ|max"] = comp.get("max_abs_delta") if comp else None
+        row["converged"] = comp.get("ok", comp.get("passes")) if comp else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -148,6 +149,13 @@ def render_html(report: Any) -> str:
                 f"'{_e(st.get('removal'))}'. Comp = p(ŷ|x) − p(ŷ|x without top-k) (DeYoung et al. 2020), "
                 "Suff = p(ŷ|x) − p(ŷ|top-k only), LO = log p(ŷ|x without top-k) − log p(ŷ|x) (Shrikumar et al. 2017); "
                 "'random' is the mean over random rankings.</p>", _table(_faith_frame(report))]
+        for m, comp in report.completeness.items():
+            if comp and comp.get("ok", comp.get("passes", True)) is False:
+                d, rel, tol = comp.get("max_abs_delta", float("nan")), comp.get("max_rel_delta", float("nan")), comp.get("rtol", 0.05)
+                body.append(f"<p class='warn'><b>{_e(m)}: not converged.</b> Completeness error |δ| up to {d:.3g} "
+                            f"({rel:.0%} of |F(x) − F(x′)|, allowed {tol:.0%}): its scores do not add up to the "
+                            "effect they explain; raise n_steps or choose a baseline nearer the input before "
+                            "trusting this map.</p>")
         parts.append(_section("Faithfulness", "".join(body), "faithfulness"))
     if report.curves:
         body = []

@@ -324,3 +324,21 @@ def test_validate_runs_under_gqa(gqa_model, unchanged):
     for c in rep.claims:
         for test in c.tests:
             assert math.isfinite(test.effect) and all(math.isfinite(x) for x in test.controls)
+
+
+def test_path_patch_kv_receivers_right_padded_batch_equals_rows_alone(gqa_model):
+    """Padding: a right-padded batch gives the mean of each example's own path patching."""
+    m = gqa_model
+    clean, corrupted = _pair(6, batch=2, n=7)
+    lengths = [7, 5]
+    mask = torch.tensor([[1] * n + [0] * (7 - n) for n in lengths])
+    clean, corrupted = clean.masked_fill(mask == 0, 2), corrupted.masked_fill(mask == 0, 2)
+    ans, wrong = torch.tensor([3, 4]), torch.tensor([6, 7])
+    recv = [(1, 3, "k"), (2, 0, "v"), (2, 1, "k")]
+    senders = ["L0H1", "MLP0"]
+    got = path_patch(m, clean, corrupted, targets.logit_diff(ans, wrong), senders, recv, attention_mask=mask)
+    alone = torch.stack([
+        path_patch(m, clean[b : b + 1, :n], corrupted[b : b + 1, :n], targets.logit_diff(ans[b : b + 1], wrong[b : b + 1]), senders, recv)
+        for b, n in enumerate(lengths)
+    ]).mean(0)
+    torch.testing.assert_close(got, alone, rtol=1e-4, atol=1e-5)

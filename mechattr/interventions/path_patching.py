@@ -23,7 +23,7 @@ copy of the clean run plus one per distinct set of patched inputs (``k``, ``v``,
 among the receivers of a layer; a copy patches whole key/value heads ``hook_k/v[:, :,
 kv(h)]`` (run 2's values), and at ``hook_z`` of that layer the receiver heads' ``z`` are
 taken from their copy into the base copy, whose ``z`` every copy then continues with
-(:func:`_split_stage3`).
+(:func:`mechattr.interventions.split_receivers.split_stage3`).
 
 With every head frozen, run 2 changes the residual only through the sender's output and
 the MLPs, which act position by position: on a HookedTransformer with standard blocks we
@@ -44,23 +44,22 @@ from transformer_lens.utilities.attention import simple_attn_linear
 from mechattr.components import MLP, Component, Head, parse_components
 from mechattr.inputs import prepare_pair
 from mechattr.interventions.result import InterventionResult
+from mechattr.interventions.split_receivers import split_stage3
 from mechattr.interventions.variants import (
     Edit,
     Mode,
     Variant,
     base_hooks,
     cache_activations,
-    edit_hooks,
     max_rows,
     run_variants,
 )
-from mechattr.runtime.cache import cache_pair
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime import blocks as lastblock
 from mechattr.runtime.arch import arch
-from mechattr.runtime.hooks import hooked
-from mechattr.targets import Target, check_finite, run_target, target_values
+from mechattr.runtime.cache import cache_pair
+from mechattr.targets import Target, check_finite, target_values
 
 QKV = ("q", "k", "v")
 
@@ -149,7 +148,7 @@ def path_patch(
                 if first:
                     inputs["z"] = _receiver_z(model, resid, first, base_cache, c.attention_mask)
             if split:
-                vals = _split_stage3(model, c, sends, recv, inputs, target, batch_size)
+                vals = split_stage3(model, c, sends, recv, inputs, target, batch_size)
             else:
                 variants = [_stage3(recv, {r: v[i] for r, v in inputs.items()}, str(s), first) for i, s in enumerate(sends)]
                 vals = run_variants(model, c.tokens, variants, target, attention_mask=c.attention_mask, batch_size=batch_size, base_cache=base_cache)
@@ -178,69 +177,6 @@ def _stage3(recv: list, values: dict | None, name: str, first: list | None = Non
         z = Edit(f"blocks.{first[0][0]}.attn.hook_z", (slice(None), heads), mode, None if values is None else values["z"])
         edits.insert(0, z)
     return Variant(tuple(edits), name)
-
-
-def _split_plan(recv: list) -> dict[int, list[tuple[tuple[str, ...], list[int]]]]:
-    """Per receiver layer, the query heads with k/v receivers grouped by which of their
-    inputs are patched: ``{layer: [(("k",), [h, ...]), (("k", "v"), [...]), ...]}``."""
-    inputs: dict[tuple[int, int], set[str]] = {}
-    for layer, head, which in recv:
-        if which != "q":
-            inputs.setdefault((layer, head), set()).add(which)
-    plan: dict[int, dict[tuple[str, ...], list[int]]] = {}
-    for (layer, head), ws in sorted(inputs.items()):
-        plan.setdefault(layer, {}).setdefault(tuple(sorted(ws)), []).append(head)
-    return {layer: sorted(g.items()) for layer, g in plan.items()}
-
-
-def _split_stage3(model: Any, c: Any, sends: list[Component], recv: list, inputs: dict, target: Callable, batch_size: int | None) -> Tensor:
-    """Run 3 with per-query-head key/value receivers (module docstring), ``[n_senders, B]``.
-
-    Rows are ``sender × copy × example``. Copy 0 is run 3 proper; copy ``j ≥ 1`` patches, in
-    each receiver layer with a ``j``-th input set ``(ws, heads)``, ``hook_w[:, :, kv(h)]``
-    for ``w`` in ``ws`` and ``h`` in ``heads`` with run 2's values. At ``hook_z`` of that
-    layer, copy 0 takes the ``z`` of ``heads`` from copy ``j``, and every copy continues
-    with copy 0's ``z`` (copies are identical outside a receiver layer's attention). Query
-    receivers patch ``hook_q[:, :, h]`` in every copy.
-    """
-    a = arch(model)
-    B, n_pos = c.shape
-    plan = _split_plan(recv)
-    n_c = 1 + max(len(g) for g in plan.values())
-    n_s = len(sends)
-    slots = []
-    for i, s in enumerate(sends):
-        q_edits = [Edit(_qkv_hook(r), (slice(None), r[1]), Mode.PATCH, inputs[r][i]) for r in recv if r[2] == "q"]
-        for j in range(n_c):
-            edits = list(q_edits)
-            for layer, groups in plan.items():
-                if 1 <= j <= len(groups):
-                    ws, heads = groups[j - 1]
-                    for w in ws:
-                        hook = _qkv_hook((layer, heads[0], w))
-                        kvs = sorted({a.head_index(hook, h) for h in heads})
-                        edits.append(Edit(hook, (slice(None), kvs), Mode.PATCH, inputs[(layer, heads[0], w)][i]))
-            slots.append(Variant(tuple(edits), f"{s}/copy{j}"))
-
-    def merge(groups: list) -> Callable:
-        def hook(z: Tensor, hook: Any = None) -> Tensor:
-            zz = z.reshape(-1, n_c, B, *z.shape[1:]).clone()
-            for j, (_, heads) in enumerate(groups, 1):
-                zz[:, 0, :, :, heads] = zz[:, j, :, :, heads]
-            zz[:, 1:] = zz[:, :1]
-            return zz.reshape(z.shape)
-
-        return hook
-
-    per = max(1, max_rows(model, n_pos, batch_size, c.tokens.device) // (B * n_c))
-    out = []
-    for i in range(0, n_s, per):
-        chunk = slots[i * n_c : (i + per) * n_c]
-        hooks = edit_hooks(chunk, B, n_pos) + [(f"blocks.{layer}.attn.hook_z", merge(groups)) for layer, groups in plan.items()]
-        with hooked(model, hooks):
-            vals = run_target(model, c.tokens.repeat(len(chunk), 1), target, attention_mask=c.attention_mask, n_examples=B)
-        out.append(check_finite(vals.reshape(-1, n_c, B)[:, 0].float(), "target under path patching"))
-    return torch.cat(out)
 
 
 def _first_layer(recv: list) -> list:

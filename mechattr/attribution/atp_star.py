@@ -7,14 +7,17 @@ uses the exact change of the head's own softmax):
 
 - **values** (linear in the output): ``Σ_{t,s} A[t,s] (v'_s − v_s) · ∂F/∂z_t`` — AtP.
 - **queries** (QK fix): the pattern row of each query ``t`` is recomputed *exactly* with
-  the corrupted query, ``A'_t = softmax(S_t + (q'_t − q_t)·Kᵀ/√d)``, and only the
+  the corrupted query, ``A'_t = softmax(S_t + (q'_t − q_t)·Kᵀ/scale)``, and only the
   pattern → output step is linearised: ``Σ_s (A'[t,s] − A[t,s]) · ∂F/∂A[t,s]``.
 - **keys** (QK fix, one key node ``s`` at a time): changing key ``s`` shifts one score per
-  query, ``δ_t = q_t·(k'_s − k_s)/√d``; the exact new row gives
+  query, ``δ_t = q_t·(k'_s − k_s)/scale``; the exact new row gives
   ``(A'[t,s] − A[t,s]) · (∂F/∂A[t,s] − m_{t,−s})`` with ``A'[t,s] = σ(logit A[t,s] + δ_t)``
   and ``m_{t,−s}`` the attention-weighted mean gradient over the other keys.
 
-``∂F/∂A[t,s] = ∂F/∂z_t · v_s`` and ``∂F/∂z`` come from one backward at the clean run.
+The query/key hooks and the scale are measured per model by the runtime
+(:func:`mechattr.runtime.qk.qk_layout`: rotated vectors where the model rotates, no scale
+on GPT-Neo, …); a model whose scores are not ``q·k/scale`` (ALiBi, soft-capping) gets a
+clear error. ``∂F/∂A[t,s] = ∂F/∂z_t · v_s`` and ``∂F/∂z`` come from one backward at the clean run.
 **GradDrop**: for each layer ``ℓ`` the backward is repeated with the gradient through
 layer ℓ's writes to the residual (``hook_attn_out``, ``hook_mlp_out``) set to zero, and
 ``ĉ(n) = 1/(L−1) · Σ_ℓ |ĉ_ℓ(n)|`` (an unsigned magnitude; ``L = 1`` gives ``|ĉ|``).
@@ -33,42 +36,33 @@ from torch import Tensor
 
 from mechattr.attribution import _sites
 from mechattr.attribution.component_methods import COMPONENT_METHODS, Ctx
+from mechattr.runtime.qk import qk_layout
 
 
 def attn_scale(model: Any, layer: int) -> float:
-    """The divisor of ``q·k`` in the attention scores of ``layer``."""
-    s = getattr(model.blocks[layer].attn, "attn_scale", None)
-    if isinstance(s, (int, float)) and s > 0:
-        return float(s)
-    cfg = model.cfg
-    if getattr(cfg, "use_attn_scale", True) is False:
-        s = 1.0
-    else:
-        s = float(getattr(cfg, "attn_scale", -1.0))
-        if s <= 0:
-            s = math.sqrt(cfg.d_head)
-    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
-        s *= layer + 1
-    return s
+    """The divisor of ``q·k`` in the attention scores of ``layer`` (measured by the runtime,
+    :func:`mechattr.runtime.qk.qk_layout`)."""
+    return _layout(model, layer)[2]
 
 
-def _check_supported(model: Any) -> None:
-    cfg = model.cfg
-    bad = [f for f in ("use_attention_sinks", "use_logn_attn") if getattr(cfg, f, False)]
-    if getattr(cfg, "attn_scores_soft_cap", -1.0) not in (None, -1.0) and cfg.attn_scores_soft_cap > 0:
-        bad.append("attn_scores_soft_cap")
-    if bad:
-        raise ValueError(f"atp_star's QK fix assumes softmax(q·k/scale + bias); this model uses {bad}. Use method='atp'")
+def _layout(model: Any, layer: int) -> tuple[str, str, float]:
+    lay = qk_layout(model)
+    if not lay.ok(layer):
+        raise ValueError(
+            f"atp_star's QK fix needs attention scores = q·k/scale at hook points of the model; in "
+            f"layer {layer} {lay.reason[layer]}. Use method='atp'"
+        )
+    return lay.q_hooks[layer], lay.k_hooks[layer], lay.scales[layer]  # type: ignore[return-value]
 
 
 def _qkv_names(model: Any, layer: int) -> tuple[str, str, str]:
-    rot = getattr(model.cfg, "positional_embedding_type", "standard") == "rotary"
-    a = f"blocks.{layer}.attn."
-    return (a + ("hook_rot_q" if rot else "hook_q"), a + ("hook_rot_k" if rot else "hook_k"), a + "hook_v")
+    q, k, _ = _layout(model, layer)
+    return q, k, f"blocks.{layer}.attn.hook_v"
 
 
 def _heads(x: Tensor, n_heads: int) -> Tensor:
-    """``[b, p, kv_heads, d]`` → ``[b, p, n_heads, d]`` (grouped-query attention)."""
+    """``[b, p, kv_heads, d]`` → ``[b, p, n_heads, d]`` (grouped-query attention: query head
+    ``h`` reads key/value head ``h // group``, :meth:`mechattr.runtime.arch.Arch.kv_head`)."""
     return x if x.shape[2] == n_heads else x.repeat_interleave(n_heads // x.shape[2], dim=2)
 
 
@@ -139,7 +133,6 @@ def atp_star(ctx: Ctx) -> Tensor:
     if ctx.kind != "heads":
         raise ValueError(f"atp_star is defined for attention heads (kind='heads'), not kind={ctx.kind!r}; use 'atp'")
     model = ctx.model
-    _check_supported(model)
     L = ctx.n_layers
     names = [n for layer in range(L) for n in (*_qkv_names(model, layer), f"blocks.{layer}.attn.hook_pattern")]
     corr = _sites.cache(model, ctx.need_corrupted("atp_star"), ctx.mask, names, ctx.batch_size)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from mechattr.attribution import _sites
 from mechattr.registry import Registry
+from mechattr.runtime.arch import arch
 
 COMPONENT_METHODS: Registry[Callable[["Ctx"], Tensor]] = Registry("component attribution method")
 KINDS = ("heads", "mlps", "neurons")
@@ -144,7 +145,7 @@ def final_direction(ctx: Ctx) -> tuple[str, Tensor, Tensor | None, dict[str, Ten
     scale = cached["ln_final.hook_scale"].float() if extra else None
     if scale is not None:
         g = g / scale
-    if getattr(model.cfg, "normalization_type", None) in ("LN", "LNPre"):
+    if arch(model).norm in ("LN", "LNPre"):
         g = g - g.mean(-1, keepdim=True)  # (c − mean c)·g = c·(g − mean g)
     return final, g, scale, cached
 

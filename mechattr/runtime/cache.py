@@ -29,13 +29,15 @@ def cache_activations(
     attention_mask: Tensor | None = None,
     fwd_hooks: Sequence[tuple[str, Callable]] = (),
     repeat: int = 1,
+    allow_missing: bool = False,
 ) -> dict[str, Tensor]:
     """Activations at ``names`` (full hook names) of one forward pass of ``tokens``.
 
     ``fwd_hooks`` run before the caching hooks (edits); ``repeat`` stacks the tokens that
     many times (variant-major) first. Activations are keyed by the requested name (a
     bridge may fire an aliased hook under another name). On a HookedTransformer the forward
-    stops after the last block it needs. ``ValueError`` naming any hook that never fired.
+    stops after the last block it needs. ``ValueError`` naming any hook that never fired
+    (unless ``allow_missing``: a bridge may list hook points its architecture never fires).
     """
     names = list(dict.fromkeys(names))
     store: dict[str, Tensor] = {}
@@ -56,7 +58,7 @@ def cache_activations(
     with torch.no_grad(), hooked(model, [*fwd_hooks, *[(x, grabber(x)) for x in names]]):
         model(inp, **kw)
     missing = [x for x in names if x not in store]
-    if missing:
+    if missing and not allow_missing:
         raise ValueError(f"the model has no hook points {missing}")
     return store
 

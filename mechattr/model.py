@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mechattr.runtime.arch import supports_start_at_layer  # noqa: F401 (re-exported)
+from mechattr.runtime.attention import fix_masked_rows
 from mechattr.runtime.device import default_device, model_device, model_dtype  # noqa: F401
 from mechattr.runtime.tl import is_bridge, is_hooked
 
@@ -88,6 +89,7 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
         if freeze_params:
             for p in params:
                 p.requires_grad_(False)
+        fix_masked_rows(model)  # bridges: finite gradients through fully masked rows (removed below)
         yield model
     finally:
         for m, keys in zip(modules, hook_keys):

@@ -16,7 +16,7 @@ from mechattr.attribution.tokens import Ctx, MethodOutput, register
 
 
 def _zero_baseline(ctx: Ctx) -> Tensor:
-    return ctx.baseline(1, spec=None)
+    return ctx.baseline(1, spec="zero")  # saliency, grad×input: at the input, against 0 (not the default baseline)
 
 
 def _path_out(r: Any, **extras: Any) -> MethodOutput:

@@ -27,10 +27,11 @@ from mechattr.interventions.variants import (
     base_hooks,
     run_variants,
 )
-from mechattr.runtime.cache import cache_pair
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.arch import arch
+from mechattr.runtime.attention import require_pattern_hooks
+from mechattr.runtime.cache import cache_pair
 
 __all__ = ["Site", "Direction", "activation_patch", "path_patch"]
 
@@ -120,6 +121,8 @@ def activation_patch(
         d = _parse(Direction, direction, "direction")
         if not isinstance(per_position, bool):
             raise ValueError(f"per_position must be True or False, got {per_position!r}")
+        if s is Site.PATTERN:
+            require_pattern_hooks(model, "activation_patch(site='pattern')")
         if s is Site.MLP_OUT and model.cfg.attn_only:
             raise ValueError("site='mlp_out' but the model is attention-only (it has no MLPs)")
         c, x = prepare_pair(model, clean, corrupted, attention_mask)

@@ -153,6 +153,10 @@ def _hooked_from_dir(path: Path, device: torch.device, dtype: torch.dtype) -> An
         model.load_and_process_state_dict(
             state, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
         )
+    pos = getattr(model, "pos_embed", None)
+    if model.cfg.positional_embedding_type not in ("standard", "shortformer") and pos is not None:
+        with torch.no_grad():  # unused (rotary/ALiBi); TransformerLens leaves it torch.empty (NaN garbage)
+            pos.W_pos.zero_()
     model.to(device)
     model.eval()
     _check_logits(model, hf, model.cfg.d_vocab)
@@ -230,3 +234,30 @@ def _bridge_from_dir(path: Path, device: torch.device, dtype: torch.dtype) -> An
         b = TransformerBridge.boot_transformers(str(src), device=device, dtype=dtype)
     b.enable_compatibility_mode(disable_warnings=True)
     return b.eval()
+
+
+def native_bridge(config: dict, state: dict, *, tokenizer: Any = None, device: Any = None) -> Any:
+    """A TransformerBridge (compatibility mode, no weight processing) around TransformerLens's
+    native model built offline from HookedTransformer-style ``config`` and TransformerLens
+    ``state`` (parameter names as a HookedTransformer's): the same logits as the
+    HookedTransformer of that config and state. Needs TransformerLens 4 (its checkpoint
+    converter); the global random state is left untouched."""
+    if TransformerBridge is None or not hasattr(TransformerBridge, "boot_native"):  # pragma: no cover
+        raise RuntimeError("this TransformerLens cannot build a native TransformerBridge; install transformer-lens>=4")
+    try:
+        from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+    except ImportError:  # TransformerLens 3.9 ships boot_native but not the converter
+        raise RuntimeError(
+            "a native TransformerBridge from TransformerLens weights needs transformer-lens>=4 "
+            "(transformer_lens.utilities.tl_checkpoint_conversion); on 3.x use the HookedTransformer"
+        ) from None
+    from transformer_lens.config import TransformerBridgeConfig
+
+    cfg = TransformerBridgeConfig.from_dict({**config, "init_weights": False})
+    with torch.random.fork_rng(devices=[]):
+        b = TransformerBridge.boot_native(cfg, tokenizer=tokenizer)
+    result = b.load_state_dict(convert_tl_checkpoint(state, cfg), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    b.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    return b.to(device if device is not None else default_device()).eval()

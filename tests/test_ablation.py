@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import hooked_side, make_model
 
 from mechattr import targets
 from mechattr.components import MLP, Head
@@ -102,7 +102,7 @@ def test_run_ablated_matches_slow_reference(mode, model, tokens, unchanged):
 
 @pytest.mark.parametrize("which", [0, 1])
 def test_ablation_on_hooked_and_bridge(hf_pair, which, unchanged):
-    model = hf_pair[which]
+    model = hooked_side(hf_pair[which])
     tokens = torch.randint(3, 40, (2, 6), generator=torch.Generator().manual_seed(0))
     target = targets.logit(torch.tensor([5, 6]))
     with unchanged(model):
@@ -115,6 +115,7 @@ def test_ablation_on_hooked_and_bridge(hf_pair, which, unchanged):
 
 
 def test_ablation_scan_same_on_hooked_and_bridge(hf_pair):
+    hooked_side(hf_pair[0])
     tokens = torch.randint(3, 40, (2, 6), generator=torch.Generator().manual_seed(0))
     target = targets.logit(torch.tensor([5, 6]))
     a, b = (ablation_scan(m, tokens, target, mode="zero") for m in hf_pair)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SCORES_DISCARDED, both_sides, hooked_side, xfail_tl4
 
 from mechattr import targets
 from mechattr.attribution.attention import attention_to_tokens, attribute_attention
@@ -44,6 +45,7 @@ def test_ig_attention_completeness_per_layer(model, tokens, unchanged):
     assert (got.triu(1) == 0).all()  # masked (future) entries carry nothing
 
 
+@xfail_tl4(SCORES_DISCARDED, raises=RuntimeError)
 def test_rpi_constant_baseline_is_ig_from_uniform_attention(model, tokens, unchanged):
     """σ = 0 makes every baseline the constant score μ: uniform causal attention."""
     with unchanged(model):
@@ -59,6 +61,7 @@ def test_rpi_constant_baseline_is_ig_from_uniform_attention(model, tokens, uncha
     torch.testing.assert_close(tok.sum(-1), got.sum((1, 2, 3, 4)))
 
 
+@xfail_tl4(SCORES_DISCARDED, raises=RuntimeError)
 def test_rpi_random_baselines_seeded_and_averaged(model, tokens):
     t = targets.logit(IDS)
     a = attribute_attention(model, tokens, t, method="rpi", n_baselines=3, seed=7, n_steps=4)
@@ -75,6 +78,7 @@ def test_rpi_random_baselines_seeded_and_averaged(model, tokens):
 
 def test_attention_methods_match_on_bridge(hf_pair):
     ht, br = hf_pair
+    hooked_side(ht)
     toks = torch.randint(3, 40, (2, 6), generator=torch.Generator().manual_seed(6))
     t = targets.logit(torch.tensor([4, 9]))
     for method in ("grad_x_attn", "rpi"):
@@ -99,7 +103,7 @@ def test_left_padding_equals_unpadded_on_both_model_types(hf_pair):
     clean = torch.tensor([[2, 2, 1, 9, 10, 11]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
     t = targets.logit(torch.tensor([4]), pos="last")
-    for m in hf_pair:
+    for m in both_sides(hf_pair):
         for method in ("grad_x_attn", "ig", "rpi"):
             pad = attribute_attention(m, clean, t, method=method, attention_mask=mask, n_steps=4, seed=0)
             assert torch.isfinite(pad).all() and (pad[..., :2, :] == 0).all() and (pad[..., :2] == 0).all()

@@ -1,10 +1,12 @@
 """Every public function gives the same numbers on a HookedTransformer and on the
-TransformerBridge of the same weights (compatibility mode), and leaves both unchanged."""
+TransformerBridge of the same weights (compatibility mode), and leaves both unchanged.
+On TransformerLens 4 (no HookedTransformer) only the bridge side runs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import hooked_side
 
 import mechattr
 from mechattr import Head, targets
@@ -35,8 +37,16 @@ CALLS = {
 
 
 @pytest.mark.parametrize("name", list(CALLS))
+def test_bridge_gives_finite_numbers_and_stays_unchanged(hf_bridge, unchanged, name):
+    with unchanged(hf_bridge):
+        b = torch.as_tensor(CALLS[name](hf_bridge)).float()
+    assert torch.isfinite(b).all()
+
+
+@pytest.mark.parametrize("name", list(CALLS))
 def test_hooked_and_bridge_agree(hf_pair, unchanged, name):
     ht, br = hf_pair
+    hooked_side(ht)
     with unchanged(ht):
         a = torch.as_tensor(CALLS[name](ht)).float()
     with unchanged(br):
@@ -44,15 +54,15 @@ def test_hooked_and_bridge_agree(hf_pair, unchanged, name):
     torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4)
 
 
-def test_cascading_randomization_on_bridge_randomizes_every_stage(hf_pair):
-    _, br = hf_pair
+def test_cascading_randomization_on_bridge_randomizes_every_stage(hf_bridge):
+    br = hf_bridge
     fn = lambda m, t, g: mechattr.attribute_tokens(m, t, g, method="input_x_gradient").scores  # noqa: E731
     r = F.cascading_randomization(br, TOKS, TGT, fn, seed=0)
     assert r.stages == ["unembed", "blocks.1", "blocks.0", "embed"]
     assert not torch.equal(r.maps[0], r.maps[-1])
 
 
-def test_validate_runs_on_bridge(hf_pair):
-    _, br = hf_pair
+def test_validate_runs_on_bridge(hf_bridge):
+    br = hf_bridge
     rep = mechattr.validate(br, TOKS, TGT, corrupted=COR, methods=("ig", "saliency"))
     assert {c.verdict for c in rep.claims} <= {"confirmed", "not confirmed"} and rep.claims

@@ -7,25 +7,25 @@ import math
 import pytest
 import torch
 from conftest import make_model
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mechattr import faithfulness as F
 from mechattr import targets
 
 
-def uniform_model(seed: int = 0, d_vocab: int = 12, d_model: int = 8, scale: float = 1.0) -> HookedTransformer:
+def uniform_model(seed: int = 0, d_vocab: int = 12, d_model: int = 8, scale: float = 1.0):
     """1 layer, no LayerNorm, W_Q = W_K = 0: every query attends uniformly to its prefix."""
-    cfg = HookedTransformerConfig(n_layers=1, d_model=d_model, n_ctx=12, d_head=4, n_heads=2, d_vocab=d_vocab,
-                                  attn_only=True, normalization_type=None, seed=seed)
-    m = HookedTransformer(cfg)
+    m = make_model(n_layers=1, d_model=d_model, n_heads=2, d_head=4, d_vocab=d_vocab, n_ctx=12, attn_only=True,
+                   normalization_type=None, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in m.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.0 if name.endswith(("W_Q", "W_K")) else scale))
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+        m.blocks[0].attn.W_Q.zero_()  # in place (a view of the projection weight on a TransformerBridge)
+        m.blocks[0].attn.W_K.zero_()
     return m.eval()
 
 
-def hand_logits(m: HookedTransformer, emb: torch.Tensor, pos_ids: torch.Tensor) -> torch.Tensor:
+def hand_logits(m, emb: torch.Tensor, pos_ids: torch.Tensor) -> torch.Tensor:
     """Last-position logits of ``uniform_model`` for token embeddings ``emb [n, d]`` at position ids."""
     a = m.blocks[0].attn
     x = emb + m.W_pos[pos_ids]

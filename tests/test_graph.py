@@ -6,7 +6,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from conftest import both_sides, hooked_side, make_model
 
 from mechattr.graph import (
     _flow_networkx,
@@ -158,6 +158,7 @@ def test_flow_per_layer_last_equals_full(model, tokens):
 
 def test_graph_functions_match_on_bridge(hf_pair):
     ht, br = hf_pair
+    hooked_side(ht)
     toks = torch.randint(3, 40, (2, 10), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(attention_rollout(ht, toks), attention_rollout(br, toks), atol=1e-5, rtol=0)
     torch.testing.assert_close(attention_flow(ht, toks), attention_flow(br, toks), atol=1e-5, rtol=0)
@@ -188,7 +189,7 @@ def test_padding_positions_get_no_flow():
 def test_left_padding_equals_unpadded_on_both_model_types(hf_pair):
     clean = torch.tensor([[2, 2, 1, 9, 10, 11]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
-    for m in hf_pair:
+    for m in both_sides(hf_pair):
         R = attention_rollout(m, clean, attention_mask=mask)
         torch.testing.assert_close(R[:, 2:, 2:], attention_rollout(m, clean[:, 2:]), atol=1e-6, rtol=1e-5)
         f = attention_flow(m, clean, attention_mask=mask, output_pos="last")

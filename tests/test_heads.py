@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import both_sides, hooked_side, make_model
 
 from mechattr import targets
 from mechattr.attribution.atp_star import head_effects
@@ -199,6 +199,7 @@ def test_atp_star_graddrop_last_layer_is_abs_of_qk_fixed(model, pair, unchanged)
 
 def test_methods_match_on_bridge(hf_pair):
     ht, br = hf_pair
+    hooked_side(ht)
     g = torch.Generator().manual_seed(2)
     clean = torch.randint(3, 40, (2, 7), generator=g)
     corr = torch.randint(3, 40, (2, 7), generator=g)
@@ -267,13 +268,9 @@ def test_top_atp_head_is_documented_induction_head(name):
 def test_atp_star_exact_for_q_k_v_nodes_when_readout_is_linear(unchanged):
     """1 attention-only layer, no LayerNorm: the logit is linear in z, so the QK fix makes
     every query/key/value node estimate exact; plain AtP is off where attention saturates."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=1, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=24, attn_only=True,
-                                  normalization_type=None, seed=5)
-    model = HookedTransformer(cfg).eval()
+    model = make_model(n_layers=1, attn_only=True, normalization_type=None, seed=5)
     with torch.no_grad():
-        model.blocks[0].attn.W_Q.mul_(6.0)  # sharp (saturated) attention
+        model.blocks[0].attn.W_Q.mul_(6.0)  # sharp (saturated) attention (in place: a view on a TransformerBridge)
     g = torch.Generator().manual_seed(3)
     clean = torch.randint(1, 24, (2, 6), generator=g)
     corr = torch.randint(1, 24, (2, 6), generator=g)
@@ -308,7 +305,7 @@ def test_left_padding_equals_unpadded_on_both_model_types(hf_pair):
     corr = torch.tensor([[2, 2, 1, 12, 10, 11]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
     t = targets.logit(torch.tensor([4]), pos="last")
-    for m in hf_pair:
+    for m in both_sides(hf_pair):
         for method in ("atp", "dla", "atp_star"):
             pad = attribute_heads(m, clean, t, corrupted=corr, method=method, per_position=True, attention_mask=mask, grad_drop=False)
             ref = attribute_heads(m, clean[:, 2:], t, corrupted=corr[:, 2:], method=method, per_position=True, grad_drop=False)

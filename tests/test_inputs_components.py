@@ -53,8 +53,8 @@ def test_prepare_pair_shape_mismatch(model, tokens):
         prepare_pair(model, tokens, tokens[:, :5])
 
 
-def test_strings_with_padding(hf_pair):
-    ht, _ = hf_pair
+def test_strings_with_padding(hf_model):
+    ht = hf_model
     b = prepare_tokens(ht, ["w5 w6 w7", "w5"], padding_side="left")
     assert b.tokens.shape == (2, 4)
     assert b.attention_mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]

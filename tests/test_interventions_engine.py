@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import SCORES_DISCARDED, make_model, requires_hooked, xfail_tl4
 
 from mechattr import targets
 from mechattr.interventions.variants import Edit, Mode, Variant, intervene, run_variants
@@ -24,6 +24,7 @@ def _slow(model, tokens, variant, target):
         return target(model.run_with_hooks(tokens, fwd_hooks=hooks))
 
 
+@xfail_tl4("the native bridge's hook_resid_mid is ln2.hook_in (edits miss the residual skip) and " + SCORES_DISCARDED, raises=AssertionError)
 def test_run_variants_matches_one_forward_per_variant(tokens, unchanged):
     model = make_model(n_layers=3)
     g = torch.Generator().manual_seed(0)
@@ -66,6 +67,7 @@ def test_edit_requires_values_unless_zero():
         Edit("blocks.0.attn.hook_z", (), Mode.ZERO, torch.zeros(1))
 
 
+@requires_hooked  # runtime.blocks: the HookedTransformer start_at_layer fast path
 def test_run_blocks_equals_the_hooked_forward_with_its_hook_points():
     from mechattr.runtime import blocks as lastblock
 

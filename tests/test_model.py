@@ -6,10 +6,11 @@ import time
 
 import pytest
 import torch
-from conftest import snapshot
+from conftest import hooked_side, requires_hooked, snapshot
 
 from mechattr import ModelNotFoundError, load_model, model_guard, targets
 from mechattr.model import check_model, tl_flags
+from mechattr.runtime.tl import is_hooked
 
 
 def test_guard_restores_after_success(model, tokens, unchanged):
@@ -21,11 +22,15 @@ def test_guard_restores_after_success(model, tokens, unchanged):
         with model_guard(model):
             assert not model.training
             assert not any(q.requires_grad for q in model.parameters())
-            model.set_use_split_qkv_input(True)
-            model.set_use_attn_result(True)
             model.blocks[0].attn.hook_z.add_hook(lambda x, hook: x * 2)
-            emb = model.embed(tokens).detach().requires_grad_(True)
-            out = model(emb, start_at_layer=0).sum()
+            if is_hooked(model):  # HookedTransformer-only flags and start_at_layer
+                model.set_use_split_qkv_input(True)
+                model.set_use_attn_result(True)
+                emb = model.embed(tokens).detach().requires_grad_(True)
+                out = model(emb, start_at_layer=0).sum()
+            else:
+                model.hook_embed.add_hook(lambda x, hook: x.detach().requires_grad_(True))
+                out = model(tokens).sum()
             out.backward()
     assert model.training
 
@@ -65,10 +70,14 @@ def test_guard_nested(model, tokens, unchanged):
             assert sum(len(m._forward_hooks) for m in model.modules()) == 1
 
 
-def test_tl_flags_restores_and_rejects_unknown(model):
+@requires_hooked  # the native bridge's attention has no per-head result hook
+def test_tl_flags_restores(model):
     with tl_flags(model, use_attn_result=True):
         assert model.cfg.use_attn_result
     assert not model.cfg.use_attn_result
+
+
+def test_tl_flags_rejects_unknown(model):
     with pytest.raises(ValueError, match="unknown TransformerLens flag"):
         with tl_flags(model, use_magic=True):
             pass
@@ -90,11 +99,12 @@ def test_check_model_rejects_other_modules():
         check_model(torch.nn.Linear(2, 2))
 
 
-def test_load_model_local_dir_matches_hf(tiny_hf_dir, hf_pair):
-    """The HookedTransformer we load equals the raw HF model up to the softmax-invariant centring."""
+def test_load_model_local_dir_matches_hf(tiny_hf_dir, hf_model):
+    """The model we load (HookedTransformer on TL 3, TransformerBridge on TL 4) equals the raw
+    HF model up to the softmax-invariant centring."""
     from transformers import AutoModelForCausalLM
 
-    ht, _ = hf_pair
+    ht = hf_model
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_hf_dir), local_files_only=True).eval()
     toks = torch.tensor([[1, 5, 6, 7, 8, 9, 5, 6]])
     with torch.no_grad():
@@ -106,6 +116,7 @@ def test_load_model_local_dir_matches_hf(tiny_hf_dir, hf_pair):
 
 def test_hooked_and_bridge_give_same_targets(hf_pair):
     ht, br = hf_pair
+    hooked_side(ht)
     toks = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 9, 8, 7, 6, 5]])
     for t in (targets.logit(torch.tensor([3, 4])), targets.logprob(7), targets.logit_diff(3, 4), targets.prob(5, pos=2)):
         with torch.no_grad():

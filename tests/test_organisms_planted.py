@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import requires_hooked
 
 from mechattr import organisms
 from mechattr.components import Head
@@ -15,6 +16,7 @@ def planted():
     return organisms.load("planted_induction", device="cpu")
 
 
+@requires_hooked  # build_planted builds a HookedTransformer
 def test_shipped_weights_equal_construction(planted):
     built = dict(build_planted().named_parameters())
     shipped = dict(planted.named_parameters())

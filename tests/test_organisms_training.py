@@ -7,11 +7,13 @@ import os
 
 import pytest
 import torch
+from conftest import requires_hooked
 
 from mechattr import organisms
 from mechattr.organisms.training import accuracy, train
 
 
+@requires_hooked  # training builds a HookedTransformer
 def test_training_small_budget_reaches_sensible_loss():
     """300 steps take the induction loss clearly below the uniform guess log(63)."""
     res = train("induction", steps=300, seed=1, log_every=50)
@@ -21,6 +23,7 @@ def test_training_small_budget_reaches_sensible_loss():
     assert res.recipe["steps"] == 300 and res.recipe["seed"] == 1
 
 
+@requires_hooked  # training builds a HookedTransformer
 def test_ioi_training_small_budget_learns_to_answer_with_a_name():
     """40 steps take the IOI loss below log(#names): the model already answers with names."""
     from mechattr.organisms.ioi import NAMES
@@ -30,6 +33,7 @@ def test_ioi_training_small_budget_learns_to_answer_with_a_name():
     assert res.final_loss < 0.8 * math.log(len(NAMES)), res.losses
 
 
+@requires_hooked  # training builds a HookedTransformer
 def test_training_is_deterministic():
     a = train("induction", steps=3, seed=7, batch_size=8)
     b = train("induction", steps=3, seed=7, batch_size=8)
@@ -53,6 +57,7 @@ def _slow_requested(config) -> bool:
 
 
 @pytest.mark.slow
+@requires_hooked
 @pytest.mark.parametrize("name", [n for n in ("induction", "ioi", "sentiment") if n in organisms.names()])
 def test_full_retraining_reproduces_card(name, request):
     """Full retraining (minutes; run with ``-m slow`` or MECHATTR_SLOW=1) matches the card."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import hooked_side, make_model
 from transformer_lens import patching
 
 from mechattr import targets
@@ -113,7 +113,7 @@ def test_activation_patch_padding_and_plain_target(model):
 
 @pytest.mark.parametrize("which", [0, 1])
 def test_activation_patch_hooked_and_bridge(hf_pair, which, unchanged):
-    model = hf_pair[which]
+    model = hooked_side(hf_pair[which])
     clean, corrupted = _pair(seed=5, batch=2, n=6, vocab=40)
     t = targets.logit_diff(5, 6)
     with unchanged(model):

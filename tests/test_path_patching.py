@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import NO_SPLIT_QKV, hooked_side, make_model, xfail_tl4
 
 from mechattr import targets
 from mechattr.components import MLP, Head, parse_component
@@ -62,6 +62,7 @@ CASES = [
 ]
 
 
+@xfail_tl4(NO_SPLIT_QKV, raises=NotImplementedError)
 @pytest.mark.parametrize("senders,receivers", CASES)
 @pytest.mark.parametrize("fast", [True, False])
 def test_path_patch_matches_slow_reference(senders, receivers, fast, monkeypatch, unchanged):
@@ -78,6 +79,7 @@ def test_path_patch_matches_slow_reference(senders, receivers, fast, monkeypatch
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
 
 
+@xfail_tl4(NO_SPLIT_QKV, raises=NotImplementedError)
 def test_path_patch_attn_only_and_plain_target(attn_model):
     clean, corrupted = _pair(seed=2)
     target = targets.logprob(torch.tensor([1, 2, 3]), pos=3)
@@ -96,6 +98,7 @@ def test_path_patch_attn_only_and_plain_target(attn_model):
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
 
 
+@xfail_tl4(NO_SPLIT_QKV, raises=NotImplementedError)
 @pytest.mark.parametrize("fast", [True, False])
 def test_path_patch_with_padding_matches_slow_reference(fast, model, monkeypatch):
     clean, corrupted = _pair(seed=4)
@@ -121,6 +124,7 @@ def test_path_patch_last_layer_sender_to_logits_equals_noising_patch(model):
 
 def test_path_patch_bridge_equals_hooked(hf_pair, unchanged):
     ht, br = hf_pair
+    hooked_side(ht)
     clean, corrupted = _pair(seed=3, batch=2, n=6, vocab=40)
     target = targets.logit_diff(5, 6)
     for receivers in ("logits", [(1, 0, "q"), (1, 2, "k")]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import hooked_side, make_model
 
 from mechattr import targets
 from mechattr.attribution.paths import path_integral, schedule
@@ -124,6 +124,7 @@ def test_per_example_alphas(tokens):
 
 def test_bridge_and_hooked_transformer_agree_at_internal_hooks(hf_pair):
     ht, br = hf_pair
+    hooked_side(ht)
     toks = torch.tensor([[1, 5, 9, 12, 7, 5, 9], [1, 30, 22, 4, 8, 30, 22]])
     t = targets.logprob(torch.tensor([12, 4]))
     a, w = schedule(8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import hooked_side
 
 from mechattr import targets
 from mechattr.attribution.components import attribute_resid
@@ -25,12 +26,12 @@ def _names():
 def _raw_grads(model, tokens, ids):
     acts = {}
 
-    def keep(x, hook):
-        acts[hook.name] = x
+    def keep(x, hook, name):  # keyed by the name asked for: a bridge's hook.name may be an alias's target
+        acts[name] = x
         return x
 
     with torch.enable_grad():
-        logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, hook: x.detach().requires_grad_(True))] + [(n, keep) for n in _names()])
+        logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, hook: x.detach().requires_grad_(True))] + [(n, lambda x, hook, n=n: keep(x, hook, n)) for n in _names()])
         f = logits[torch.arange(tokens.shape[0]), -1, ids].mean()
         grads = torch.autograd.grad(f, [acts[n] for n in _names()])
     return {n: a.detach() for n, a in acts.items()}, dict(zip(_names(), grads))
@@ -74,6 +75,7 @@ def test_ig_rows_complete_to_corrupted_run(model, pair, unchanged):
 
 def test_resid_matches_on_bridge(hf_pair):
     ht, br = hf_pair
+    hooked_side(ht)
     g = torch.Generator().manual_seed(5)
     clean, corr = torch.randint(3, 40, (2, 6), generator=g), torch.randint(3, 40, (2, 6), generator=g)
     t = targets.logit(torch.tensor([4, 9]))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model, requires_cuda
-from transformer_lens import HookedTransformer
+from conftest import hooked_side, make_model, requires_cuda, requires_hooked
 
 from mechattr import targets
 from mechattr.attribution.tokens import attribute_tokens, method_names
@@ -42,7 +41,10 @@ def test_ig_linearity_in_the_target(tokens):
     torch.testing.assert_close(both, 2.0 * a1 - 0.5 * a2, atol=1e-5, rtol=1e-4)
 
 
+@requires_hooked  # folds LayerNorm with HookedTransformer.load_and_process_state_dict
 def test_ig_implementation_invariance_under_layernorm_folding(tokens):
+    from mechattr.runtime.tl import HookedTransformer
+
     model = make_model(seed=2)
     folded = HookedTransformer(model.cfg.copy() if hasattr(model.cfg, "copy") else model.cfg)
     folded.load_and_process_state_dict(model.state_dict(), fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
@@ -57,6 +59,7 @@ def test_ig_implementation_invariance_under_layernorm_folding(tokens):
 
 def test_ig_implementation_invariance_hooked_vs_bridge(hf_pair):
     ht, br = hf_pair
+    hooked_side(ht)
     toks = torch.tensor([[1, 5, 9, 12, 7, 5, 9], [1, 30, 22, 4, 8, 30, 22]])
     t = targets.logprob(torch.tensor([12, 4]))
     for method in ("ig", "occlusion", "attention", "aieg"):

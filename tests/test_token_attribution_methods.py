@@ -190,8 +190,8 @@ def test_baseline_kinds(m):
     assert u1.convergence_delta.abs().max() < 0.05
 
 
-def test_bos_keeps_its_embedding_in_the_baseline_and_scores_zero(hf_pair):
-    ht, _ = hf_pair
+def test_bos_keeps_its_embedding_in_the_baseline_and_scores_zero(hf_model):
+    ht = hf_model
     toks = torch.tensor([[1, 5, 9, 12, 7], [1, 30, 22, 4, 8]])
     t = targets.logprob(torch.tensor([12, 4]))
     r = attribute_tokens(ht, toks, t, "ig", n_steps=64)
@@ -236,8 +236,8 @@ def test_word_spans_join_subword_tokens():
     assert word_spans(["<s>", "a", "b"], torch.ones(3).bool(), torch.tensor([1, 0, 0]).bool()) == [(0, 1), (1, 2), (2, 3)]
 
 
-def test_words_segments_end_to_end_on_a_word_level_tokenizer(hf_pair):
-    ht, _ = hf_pair
+def test_words_segments_end_to_end_on_a_word_level_tokenizer(hf_model):
+    ht = hf_model
     toks = torch.tensor([[1, 5, 9, 12, 7], [2, 1, 30, 22, 4]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
     t = targets.logprob(torch.tensor([12, 4]), pos="last")

@@ -51,14 +51,13 @@ def _dist_version(name: str) -> str:
 
 def versions() -> dict[str, str]:
     """Versions of mechattr and its main dependencies (for provenance)."""
-    import transformer_lens
-
     import mechattr
+    from mechattr.runtime.tl import TL_VERSION
 
     return {
         "mechattr": mechattr.__version__,
         "torch": torch.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", None) or _dist_version("transformer-lens"),
+        "transformer_lens": TL_VERSION,
     }
 
 

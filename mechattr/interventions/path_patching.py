@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.utilities.attention import simple_attn_linear
 
 from mechattr.components import MLP, Component, Head, parse_components
 from mechattr.inputs import prepare_pair
@@ -59,6 +58,7 @@ from mechattr.model import check_model, model_guard
 from mechattr.runtime import blocks as lastblock
 from mechattr.runtime.arch import arch
 from mechattr.runtime.cache import cache_pair
+from mechattr.runtime.tl import simple_attn_linear
 from mechattr.targets import Target, check_finite, target_values
 
 QKV = ("q", "k", "v")

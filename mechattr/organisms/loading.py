@@ -13,11 +13,11 @@ from mechattr.organisms.specs import SPECS, get_spec
 from mechattr.organisms.tasks import Task
 from mechattr.organisms.vocab import word_tokenizer
 from mechattr.runtime.device import default_device
+from mechattr.runtime.loading import native_bridge
 from mechattr.runtime.tl import (
     HAS_HOOKED,
     HookedTransformer,
     HookedTransformerConfig,
-    TransformerBridge,
 )
 
 
@@ -101,27 +101,11 @@ def _check_state(name: str, state: dict, shapes: dict) -> None:
 
 def _load_bridge(name: str, architecture: dict, state: dict, vocab: Any, dev: torch.device) -> Any:
     """The organism as a TransformerBridge around TransformerLens's native model."""
-    if TransformerBridge is None or not hasattr(TransformerBridge, "boot_native"):  # pragma: no cover
-        raise RuntimeError("this TransformerLens cannot build a native TransformerBridge; install transformer-lens>=3.9")
-    from transformer_lens.config import TransformerBridgeConfig
-
-    try:
-        from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
-    except ImportError:  # TransformerLens 3.9 ships boot_native but not the converter
-        raise RuntimeError(
-            f"organism {name!r} as a TransformerBridge needs transformer-lens>=4 "
-            f"(transformer_lens.utilities.tl_checkpoint_conversion); on 3.x use the HookedTransformer"
-        ) from None
     arch = {k: v for k, v in architecture.items() if k != "seed"}
-    cfg = TransformerBridgeConfig.from_dict({**arch, "init_weights": False})
-    with torch.random.fork_rng(devices=[]):
-        b = TransformerBridge.boot_native(cfg, tokenizer=word_tokenizer(vocab))
-    converted = convert_tl_checkpoint(state, cfg)
-    result = b.load_state_dict(converted, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"weights of {name!r} do not fit the bridge: missing {result.missing_keys}, unexpected {result.unexpected_keys}")
-    b.enable_compatibility_mode(disable_warnings=True, no_processing=True)
-    return b.to(dev).eval()
+    try:
+        return native_bridge(arch, state, tokenizer=word_tokenizer(vocab), device=dev)
+    except ValueError as err:
+        raise ValueError(f"weights of {name!r} do not fit the bridge: {err}") from None
 
 
 def save_weights(model: HookedTransformer, name: str, directory: Path | None = None) -> Path:

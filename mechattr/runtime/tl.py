@@ -33,6 +33,8 @@ try:  # 3.x
 except ImportError:  # 4.x
     from transformer_lens.utilities import get_act_name, get_attention_mask  # type: ignore[no-redef]
 
+from transformer_lens.utilities.attention import simple_attn_linear  # noqa: E402 (3.x and 4.x)
+
 HAS_HOOKED = HookedTransformer is not None
 
 
@@ -69,4 +71,5 @@ __all__ = [
     "is_bridge",
     "is_hooked",
     "require_hooked",
+    "simple_attn_linear",
 ]

@@ -18,32 +18,11 @@ import torch
 from mechattr.runtime.arch import supports_start_at_layer  # noqa: F401 (re-exported)
 from mechattr.runtime.attention import fix_masked_rows
 from mechattr.runtime.device import default_device, model_device, model_dtype  # noqa: F401
-from mechattr.runtime.tl import is_bridge, is_hooked
+from mechattr.runtime.arch import check_model  # noqa: F401 (re-exported)
+from mechattr.runtime.tl import is_bridge  # noqa: F401 (re-exported)
 
 TL_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "use_attn_in")
 from mechattr.runtime.loading import ORGANISM_PREFIX  # noqa: E402,F401
-
-
-# --------------------------------------------------------------------------- type helpers
-def check_model(model: Any) -> None:
-    """Raise ``TypeError`` unless ``model`` is a HookedTransformer or a TransformerBridge.
-
-    A bridge must be in compatibility mode (``enable_compatibility_mode()``), since our hook
-    names and weight conventions are HookedTransformer's.
-    """
-    if is_hooked(model):
-        return
-    if is_bridge(model):
-        if not getattr(model, "compatibility_mode", False):
-            raise ValueError(
-                "TransformerBridge must be in compatibility mode: call "
-                "model.enable_compatibility_mode() first (mechattr uses HookedTransformer "
-                "hook names and processed weights)"
-            )
-        return
-    raise TypeError(
-        f"expected a transformer_lens HookedTransformer or TransformerBridge, got {type(model).__name__}"
-    )
 
 
 # --------------------------------------------------------------------------- the guard

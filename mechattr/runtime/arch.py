@@ -193,6 +193,27 @@ def arch(model: Any) -> Arch:
     return a
 
 
+def check_model(model: Any) -> None:
+    """Raise ``TypeError`` unless ``model`` is a HookedTransformer or a TransformerBridge.
+
+    A bridge must be in compatibility mode (``enable_compatibility_mode()``), since our hook
+    names and weight conventions are HookedTransformer's.
+    """
+    if is_hooked(model):
+        return
+    if is_bridge(model):
+        if not getattr(model, "compatibility_mode", False):
+            raise ValueError(
+                "TransformerBridge must be in compatibility mode: call "
+                "model.enable_compatibility_mode() first (mechattr uses HookedTransformer "
+                "hook names and processed weights)"
+            )
+        return
+    raise TypeError(
+        f"expected a transformer_lens HookedTransformer or TransformerBridge, got {type(model).__name__}"
+    )
+
+
 def supports_start_at_layer(model: Any) -> bool:
     """Whether ``model(resid, start_at_layer=L)`` is available (HookedTransformer only)."""
     return is_hooked(model)

@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
-from mechattr.runtime.arch import supports_start_at_layer  # noqa: F401 (re-exported)
+from mechattr.runtime.arch import (
+    check_model,  # noqa: F401 (re-exported)
+    supports_start_at_layer,  # noqa: F401 (re-exported)
+)
 from mechattr.runtime.attention import fix_masked_rows
 from mechattr.runtime.device import default_device, model_device, model_dtype  # noqa: F401
-from mechattr.runtime.arch import check_model  # noqa: F401 (re-exported)
 from mechattr.runtime.tl import is_bridge  # noqa: F401 (re-exported)
 
 TL_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "use_attn_in")

@@ -24,8 +24,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechattr.attribution.schedules import SCHEDULES, schedule
+from mechattr.convergence import (  # noqa: F401
+    CONVERGENCE_ATOL,
+    CONVERGENCE_RTOL,
+    ConvergenceWarning,
+    convergence_report,
+)
 from mechattr.inputs import prepare_tokens
-from mechattr.convergence import CONVERGENCE_ATOL, CONVERGENCE_RTOL, ConvergenceWarning, convergence_report  # noqa: F401
 from mechattr.model import model_device, model_guard
 from mechattr.runtime.arch import arch, supports_start_at_layer
 from mechattr.runtime.cache import hook_layer

@@ -14,7 +14,7 @@ from mechattr import targets
 from mechattr.runtime.attention import pattern_hooks_live
 from mechattr.runtime.tl import HAS_HOOKED, is_bridge, is_hooked
 
-from .conftest import ARCHS, GQA, VOCAB
+from .conftest import ARCHS, VOCAB
 
 KINDS = ["hooked", "bridge"]
 CORRECT, INCORRECT = torch.tensor([5, 9]), torch.tensor([7, 11])
@@ -256,8 +256,6 @@ def test_left_padded_batch_equals_unpadded_rows(loaded, unchanged, name, method)
 @matrix
 def test_validate_runs_end_to_end(loaded, unchanged, request, name, kind):
     model = _model(loaded, name, kind)
-    if name in GQA:
-        request.applymarker(pytest.mark.xfail(strict=False, reason="GQA in validation: pending"))
     if not pattern_hooks_live(model):
         request.applymarker(pytest.mark.xfail(strict=False, reason=(
             "validation/claims.py link test reads hook_pattern before hook_z in one pass; on this bridge "

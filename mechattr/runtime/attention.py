@@ -101,8 +101,8 @@ def _pattern_hook(state: dict):
 def fix_masked_rows(model: Any) -> list:
     """Add the fully-masked-row hooks (see the module docstring) where needed; return the handles.
 
-    Only on bridges in compatibility mode whose pattern hooks are live (elsewhere attention
-    masks with a finite minimum, or TransformerLens handles it). Idempotent: a model that
+    Only on bridges in compatibility mode, at attention components that rebuild attention
+    and fire ``hook_attn_scores`` inside it (HF's own attention masks with a finite minimum). Idempotent: a model that
     already carries the hooks (an enclosing guard) gets none. The caller removes the handles
     (``model_guard`` removes every hook added in its scope).
     """
@@ -110,8 +110,8 @@ def fix_masked_rows(model: Any) -> list:
         return []
     handles = []
     for attn in _attn_modules(model):
-        if not _live(attn):
-            continue
+        if AttentionBridge is None or type(attn).forward is AttentionBridge.forward:
+            continue  # HF's attention (finite masks) or a native module: no hook_attn_scores inside
         scores, pattern = getattr(attn, "hook_attn_scores", None), getattr(attn, "hook_pattern", None)
         if scores is None or pattern is None:
             continue

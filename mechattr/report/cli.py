@@ -94,6 +94,41 @@ def run_report(
     device: str | None = None,
     quiet: bool = False,
     threads: int | None = None,
+    bridge: bool = False,
+    **validate_kw: Any,
+) -> Any:
+    """Load, build inputs, :func:`mechattr.validate`, save; returns the :class:`ValidationReport`.
+
+    ``threads`` sets torch's intra-op threads for this call only (restored afterwards)."""
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return _run_report(model=model, out=out, task=task, prompts=prompts, target=target, corrupt=corrupt, n=n,
+                           methods=methods, claims=claims, card=card, wrong=wrong, seed=seed, device=device,
+                           quiet=quiet, threads=None, bridge=bridge, **validate_kw)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_report(
+    *,
+    model: str,
+    out: str | Path,
+    task: str | None = None,
+    prompts: list[str] | None = None,
+    target: str | None = None,
+    corrupt: list[str] | None = None,
+    n: int = 16,
+    methods: str | list[str] = DEFAULT_METHODS,
+    claims: dict[str, list[str]] | None = None,
+    card: bool = False,
+    wrong: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    quiet: bool = False,
+    threads: int | None = None,
+    bridge: bool = False,
     **validate_kw: Any,
 ) -> Any:
     """Load, build inputs, :func:`mechattr.validate`, save; returns the :class:`ValidationReport`."""
@@ -102,9 +137,7 @@ def run_report(
     from mechattr.model import load_model
     from mechattr.validation import validate
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    m = load_model(model, device=device or "cpu")
+    m = load_model(model, device=device or "cpu", bridge=bridge)
     organism = model[len("organism:"):] if model.startswith("organism:") else None
     meths = [x.strip() for x in methods.split(",")] if isinstance(methods, str) else list(methods)
     claims = dict(claims or {})
@@ -176,6 +209,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-steps", type=int, default=None, help="path-method steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--bridge", action="store_true", help="load as a TransformerBridge (always the case on TransformerLens 4)")
     p.add_argument("--out", required=True, help="output directory (report.html, report.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -189,7 +223,7 @@ def _report(args: argparse.Namespace) -> int:
                      corrupt=args.corrupt, n=args.n, methods=args.methods, claims=parse_claims(args.claim),
                      card=args.card_claims, wrong=args.wrong_claim, seed=args.seed, device=args.device, quiet=args.quiet,
                      top_k=args.top_k, top_heads=args.top_heads, removal=args.removal, n_draws=args.n_draws,
-                     n_steps=args.n_steps)
+                     n_steps=args.n_steps, bridge=args.bridge)
     print_summary(rep, args.out)
     return 0
 

@@ -202,8 +202,7 @@ def load_model(
                 f"{path} exists but holds no config.json; expected a directory saved with "
                 f"save_pretrained() (config.json, weights, tokenizer files)"
             )
-    else:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    else:  # local_files_only everywhere: no process-wide HF_HUB_OFFLINE needed (nor left set)
         path = _local_hf_dir(name)
     if bridge or not HAS_HOOKED:
         return _bridge_from_dir(path, dev, dt)

@@ -21,6 +21,7 @@ from mechattr.runtime.arch import (
 )
 from mechattr.runtime.attention import fix_masked_rows
 from mechattr.runtime.device import default_device, model_device, model_dtype  # noqa: F401
+from mechattr.runtime.hooks import library_hook_ids
 from mechattr.runtime.tl import is_bridge  # noqa: F401 (re-exported)
 
 TL_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "use_attn_in")
@@ -46,7 +47,8 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
     Inside the scope the model is in eval mode (``eval_mode``) and its parameters do not
     require grad (``freeze_params``: we differentiate with respect to activations only,
     which skips weight-gradient work). On exit — normal or exceptional — we remove every
-    hook added during the scope (pre-existing user hooks stay), restore each module's
+    hook added during the scope (pre-existing user hooks, and TransformerLens's own lazily
+    wired bridge hooks, stay), restore each module's
     ``training`` flag, each parameter's ``requires_grad`` and ``.grad``, and the
     TransformerLens config flags. Nested guards are safe: each restores its own snapshot.
     """
@@ -73,9 +75,10 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
         fix_masked_rows(model)  # bridges: finite gradients through fully masked rows (removed below)
         yield model
     finally:
+        owned = library_hook_ids(model)  # TransformerLens's own lazily wired hooks stay
         for m, keys in zip(modules, hook_keys):
             for d, before in zip(_hook_dicts(m), keys):
-                for k in [k for k in d if k not in before]:
+                for k in [k for k in d if k not in before and k not in owned]:
                     del d[k]
         for m, fwd, bwd in lens_handles:
             m.fwd_hooks = fwd

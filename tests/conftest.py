@@ -124,7 +124,10 @@ def both_sides(pair):
 
 def snapshot(model: torch.nn.Module) -> dict:
     """Everything the guard promises to restore, for before/after comparisons."""
-    hooks = sum(len(getattr(m, n)) for m in model.modules() for n in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"))
+    from mechattr.runtime.hooks import library_hook_ids
+
+    owned = library_hook_ids(model)  # TransformerLens wires its own on a bridge's first forward
+    hooks = sum(len([k for k in getattr(m, n) if k not in owned]) for m in model.modules() for n in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"))
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "grads": {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()},

@@ -160,3 +160,17 @@ def test_load_model_organism_matches_organisms_load_and_dtype():
         br = load_model("organism:induction", device="cpu", bridge=True)
         with torch.no_grad():  # same shipped weights, no processing: the same logits
             torch.testing.assert_close(br(toks), b(toks), atol=1e-5, rtol=1e-5)
+
+
+def test_guard_keeps_transformer_lens_own_lazily_wired_bridge_hooks(tiny_hf_dir):
+    """A bridge wires TransformerLens's own capture hooks on its first forward and never
+    re-adds them; a guard around that first forward must not strip them."""
+    from mechattr.model import model_guard
+    from mechattr.runtime.hooks import library_hook_ids
+
+    br = load_model(tiny_hf_dir, device="cpu", bridge=True)
+    with model_guard(br):
+        br(torch.tensor([[1, 5, 9, 3]]))
+    owned = library_hook_ids(br)
+    present = {k for m in br.modules() for d in (m._forward_pre_hooks, m._forward_hooks) for k in d}
+    assert owned and owned <= present

@@ -36,3 +36,16 @@ def hooked(model: Any, fwd_hooks: Sequence[tuple[str, Callable]], bwd_hooks: Seq
             handle.hook.remove()
             hp.fwd_hooks = [h for h in hp.fwd_hooks if h is not handle]
 
+
+
+def library_hook_ids(model: Any) -> set[int]:
+    """Ids of the torch hooks TransformerLens itself installs on a bridge, lazily on the
+    first forward (the blocks' ``_capture_hook_handles``: the split-qkv and ``hook_mlp_in``
+    captures). They belong to the model, not to a mechattr call: a scope that removes the
+    hooks added while it ran must leave these (TransformerLens does not re-add them)."""
+    ids: set[int] = set()
+    for m in model.modules():
+        for name, val in vars(m).items():
+            if name.endswith("_hook_handles") and isinstance(val, list):
+                ids.update(int(getattr(h, "id", -1)) for h in val)
+    return ids

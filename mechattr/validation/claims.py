@@ -20,6 +20,8 @@ from torch import Tensor
 from mechattr.components import Head
 from mechattr.inputs import Batch
 from mechattr.runtime.arch import arch
+from mechattr.runtime.cache import cache_activations
+from mechattr.runtime.hooks import hooked
 from mechattr.targets import Target, run_target
 
 CONFIRMED, NOT_CONFIRMED, UNTESTED = "confirmed", "not confirmed", "untested"
@@ -148,33 +150,29 @@ def edge_effects(
     s_rows = src.to(dev).reshape(rows)
     q_rows = q.to(dev).repeat(v_n)
     ex = torch.arange(rows, device=dev) % b
+    pre = f"blocks.{layer}.attn."
     with torch.no_grad():
         clean = run_target(model, batch.tokens, target, attention_mask=batch.attention_mask).mean()
+        # the layer's pattern and values are those of the clean run (the edit is at its own
+        # hook_z, after them); cached first, since some bridges fire hook_pattern after hook_z
+        acts = cache_activations(model, batch.tokens, [pre + "hook_v", pre + "hook_pattern"], attention_mask=batch.attention_mask)
+        w_all = acts[pre + "hook_pattern"][ex, head, q_rows, s_rows]  # [rows]
+        v_all = acts[pre + "hook_v"][ex, s_rows, kv]  # [rows, d_head]
         full = target.take(ex)
         bs = rows if batch_size is None else max(1, int(batch_size))
         vals = []
         for r0 in range(0, rows, bs):
             r1 = min(rows, r0 + bs)
-            stash: dict[str, Tensor] = {}
             ar = torch.arange(r1 - r0, device=dev)
-            qs, ss = q_rows[r0:r1], s_rows[r0:r1]
+            qs = q_rows[r0:r1]
+            delta = w_all[r0:r1, None] * v_all[r0:r1]
 
-            def keep(key: str, stash: dict = stash) -> Any:
-                def fn(act: Tensor, hook: Any = None) -> Tensor:
-                    stash[key] = act  # by our key: a bridge's hook.name may be the aliased module's
-                    return act
-
-                return fn
-
-            def edit(z: Tensor, hook: Any, ar: Tensor = ar, qs: Tensor = qs, ss: Tensor = ss, stash: dict = stash) -> Tensor:
+            def edit(z: Tensor, hook: Any, ar: Tensor = ar, qs: Tensor = qs, delta: Tensor = delta) -> Tensor:
                 z = z.clone()
-                w = stash["pattern"][ar, head, qs, ss][:, None].to(z.dtype)
-                z[ar, qs, head] = z[ar, qs, head] - w * stash["v"][ar, ss, kv].to(z.dtype)
+                z[ar, qs, head] = z[ar, qs, head] - delta.to(z.dtype)
                 return z
 
-            pre = f"blocks.{layer}.attn."
-            hooks = [(pre + "hook_v", keep("v")), (pre + "hook_pattern", keep("pattern")), (pre + "hook_z", edit)]
-            with model.hooks(fwd_hooks=hooks):
+            with hooked(model, [(pre + "hook_z", edit)]):
                 m = None if mask is None else mask[r0:r1]
                 vals.append(run_target(model, tokens[r0:r1], full.take(torch.arange(r0, r1, device=dev)), attention_mask=m))
         out = torch.cat(vals).reshape(v_n, b).mean(-1) - clean

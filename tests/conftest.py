@@ -22,7 +22,6 @@ def xfail_tl4(reason: str, raises=None):
     return pytest.mark.xfail(not HAS_HOOKED, reason=f"TransformerLens 4: {reason}", raises=raises, strict=False)
 
 
-NO_SPLIT_QKV = "the native AttentionBridge has no per-head q/k/v inputs (use_split_qkv_input raises NotImplementedError)"
 SCORES_DISCARDED = "the native AttentionBridge discards edits to hook_attn_scores (fired post hoc)"
 
 

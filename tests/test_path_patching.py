@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NO_SPLIT_QKV, hooked_side, make_model, xfail_tl4
+from conftest import hooked_side, make_model
 
 from mechattr import targets
 from mechattr.components import MLP, Head, parse_component
 from mechattr.interventions import activation_patch, path_patch
-from mechattr.model import tl_flags
 from mechattr.runtime import blocks as lastblock_mod
 
 
@@ -19,38 +18,57 @@ def _pair(seed=0, batch=3, n=8, vocab=24):
 
 
 def slow_path_patch(model, clean, corrupted, target, sender, receivers, mask=None):
-    """Textbook path patching, one sender: freeze all heads' z, split q/k/v inputs."""
+    """Textbook path patching, one sender, with raw hooks: (2) run clean with every head's z
+    frozen to clean but the sender's from corrupted, caching each receiver layer's residual;
+    (3) run clean with each receiver head's q/k/v replaced by its own projection
+    ``ln1(resid₂) W^h + b^h`` of that residual (what the split q/k/v input would see)."""
     sender = parse_component(sender)
+    n_layers = model.cfg.n_layers
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     with torch.no_grad():
         _, cc = model.run_with_cache(clean, attention_mask=mask)
         _, xc = model.run_with_cache(corrupted, attention_mask=mask)
 
-    def freeze_z(act, hook):
-        out = cc[hook.name].clone()
-        if isinstance(sender, Head) and hook.layer() == sender.layer:
-            out[:, :, sender.head] = xc[hook.name][:, :, sender.head]
-        return out
+    def freeze_z(layer):
+        def fn(act, hook):
+            out = cc[z_names[layer]].clone()
+            if isinstance(sender, Head) and layer == sender.layer:
+                out[:, :, sender.head] = xc[z_names[layer]][:, :, sender.head]
+            return out
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", freeze_z) for layer in range(model.cfg.n_layers)]
+        return fn
+
+    hooks = [(z_names[layer], freeze_z(layer)) for layer in range(n_layers)]
     if isinstance(sender, MLP):
-        hooks.append((sender.hook_name, lambda act, hook: xc[hook.name].clone()))
+        hooks.append((sender.hook_name, lambda act, hook: xc[sender.hook_name].clone()))
     with torch.no_grad():
         if receivers == "logits":
             return target(model.run_with_hooks(clean, fwd_hooks=hooks, attention_mask=mask), mask).mean()
-        with tl_flags(model, use_split_qkv_input=True):
-            names = {f"blocks.{layer}.hook_{w}_input" for layer, _, w in receivers}
-            store = {}
-            grab = [(n, lambda act, hook: store.__setitem__(hook.name, act.clone())) for n in names]
-            model.run_with_hooks(clean, fwd_hooks=hooks + grab, attention_mask=mask)
+        layers = sorted({layer for layer, _, _ in receivers})
+        store = {}
+        def keep(layer):
+            return lambda act, hook: store.__setitem__(layer, act.clone())
 
-            def patch(act, hook):
+        grab = [(f"blocks.{layer}.hook_resid_pre", keep(layer)) for layer in layers]
+        model.run_with_hooks(clean, fwd_hooks=hooks + grab, attention_mask=mask)
+
+        def projected(layer, h, w):
+            blk = model.blocks[layer]
+            W, b = getattr(blk.attn, f"W_{w.upper()}")[h], getattr(blk.attn, f"b_{w.upper()}")[h]
+            return blk.ln1(store[layer]) @ W + b
+
+        def patch(layer, w):
+            def fn(act, hook):
                 act = act.clone()
-                for layer, h, w in receivers:
-                    if hook.name == f"blocks.{layer}.hook_{w}_input":
-                        act[:, :, h] = store[hook.name][:, :, h]
+                for lay, h, kind in receivers:
+                    if (lay, kind) == (layer, w):
+                        act[:, :, h] = projected(lay, h, kind).to(act.dtype)
                 return act
 
-            logits = model.run_with_hooks(clean, fwd_hooks=[(n, patch) for n in names], attention_mask=mask)
+            return fn
+
+        sites = sorted({(layer, w) for layer, _, w in receivers})
+        logits = model.run_with_hooks(clean, fwd_hooks=[(f"blocks.{layer}.attn.hook_{w}", patch(layer, w)) for layer, w in sites], attention_mask=mask)
         return target(logits, mask).mean()
 
 
@@ -62,7 +80,6 @@ CASES = [
 ]
 
 
-@xfail_tl4(NO_SPLIT_QKV, raises=NotImplementedError)
 @pytest.mark.parametrize("senders,receivers", CASES)
 @pytest.mark.parametrize("fast", [True, False])
 def test_path_patch_matches_slow_reference(senders, receivers, fast, monkeypatch, unchanged):
@@ -79,7 +96,6 @@ def test_path_patch_matches_slow_reference(senders, receivers, fast, monkeypatch
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
 
 
-@xfail_tl4(NO_SPLIT_QKV, raises=NotImplementedError)
 def test_path_patch_attn_only_and_plain_target(attn_model):
     clean, corrupted = _pair(seed=2)
     target = targets.logprob(torch.tensor([1, 2, 3]), pos=3)
@@ -98,7 +114,6 @@ def test_path_patch_attn_only_and_plain_target(attn_model):
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
 
 
-@xfail_tl4(NO_SPLIT_QKV, raises=NotImplementedError)
 @pytest.mark.parametrize("fast", [True, False])
 def test_path_patch_with_padding_matches_slow_reference(fast, model, monkeypatch):
     clean, corrupted = _pair(seed=4)

@@ -17,14 +17,6 @@ torch.set_num_threads(1)
 requires_hooked = pytest.mark.skipif(not HAS_HOOKED, reason="HookedTransformer-only: TransformerLens 4 has none")
 
 
-def xfail_tl4(reason: str, raises=None):
-    """Expected to fail on TransformerLens 4 for a known, reported reason (runs, not skipped)."""
-    return pytest.mark.xfail(not HAS_HOOKED, reason=f"TransformerLens 4: {reason}", raises=raises, strict=False)
-
-
-SCORES_DISCARDED = "the native AttentionBridge discards edits to hook_attn_scores (fired post hoc)"
-
-
 def make_model(n_layers=2, d_model=32, n_heads=4, d_vocab=24, n_ctx=16, attn_only=False, seed=0, **kw):
     """A small random model (LayerNorm, MLPs unless attn_only): a HookedTransformer on
     TransformerLens 3, the same-config native TransformerBridge (compatibility mode, no

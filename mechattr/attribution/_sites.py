@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mechattr.attribution.paths import default_batch_size
+from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import cache_activations
 from mechattr.targets import Target, check_finite, run_target
 
@@ -119,6 +120,7 @@ def grads_at(
     One forward + one backward per chunk. ``extra_hooks(ex)`` adds hooks for the chunk's
     rows (e.g. GradDrop's stop-gradients). Returns ``(acts, grads, f [batch])``.
     """
+    require_live(model, names, "a gradient there")
     n = toks.shape[0]
     size = row_size(model, toks, target, batch_size)
     acts: dict[str, list[Tensor]] = {k: [] for k in names}

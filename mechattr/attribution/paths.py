@@ -33,6 +33,7 @@ from mechattr.convergence import (  # noqa: F401
 from mechattr.inputs import prepare_tokens
 from mechattr.model import model_device, model_guard
 from mechattr.runtime.arch import arch, supports_start_at_layer
+from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import hook_layer
 from mechattr.runtime.chunks import check_batch_size, grad_rows
 from mechattr.targets import Target, check_finite, run_target
@@ -87,6 +88,7 @@ class _Plan:
         if hook_name not in model.hook_dict:
             near = [h for h in model.hook_dict if h.split(".")[-1] == hook_name.split(".")[-1]][:5]
             raise ValueError(f"unknown hook {hook_name!r}; hooks of that kind: {near or sorted(model.hook_dict)[:8]}")
+        require_live(model, [hook_name], f"a path integral at {hook_name}")
         self.model, self.tokens, self.mask, self.hook_name = model, tokens, mask, hook_name
         layer = hook_layer(hook_name)
         shortformer = arch(model).positional == "shortformer"

@@ -29,6 +29,7 @@ from torch import Tensor
 from mechattr.model import model_guard
 from mechattr.runtime import blocks as lastblock
 from mechattr.runtime.arch import supports_start_at_layer
+from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import LAYER_RE as _LAYER_RE
 from mechattr.runtime.cache import cache_activations as _cache
 from mechattr.runtime.chunks import max_rows
@@ -212,6 +213,7 @@ def run_variants(
     default :func:`max_rows`: cache-sized on CPU, ``DEFAULT_MAX_ROWS`` elsewhere).
     """
     with model_guard(model), torch.no_grad():
+        require_live(model, {e.hook for v in variants for e in v.edits}, "an intervention")
         return _run_variants(model, tokens, variants, target, attention_mask, batch_size, base_cache)
 
 

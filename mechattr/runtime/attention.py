@@ -23,6 +23,7 @@ softmax) and one on ``hook_pattern`` that zeroes them again: the forward pass is
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -42,34 +43,91 @@ def _attn_modules(model: Any) -> list:
     return [getattr(b, "attn", None) for b in blocks if getattr(b, "attn", None) is not None]
 
 
-def _live(attn: Any) -> bool:
+def _live(attn: Any, scores: bool = False) -> bool:
     if AttentionBridge is None or not isinstance(attn, AttentionBridge):
         return True
     if type(attn).forward is not AttentionBridge.forward:
         return True  # the subclass rebuilds attention and fires the hooks inside it
-    return bool(getattr(getattr(attn, "original_component", None), "accepts_pattern_fn", False))
+    # a native module takes the pattern hook as ``pattern_fn`` (inside the computation) but
+    # computes its scores itself: hook_attn_scores fires afterwards
+    return (not scores) and bool(getattr(getattr(attn, "original_component", None), "accepts_pattern_fn", False))
 
 
-def pattern_hooks_live(model: Any) -> bool:
-    """Whether edits of (and gradients at) ``hook_pattern`` / ``hook_attn_scores`` reach the output."""
+def pattern_hooks_live(model: Any, *, scores: bool = False) -> bool:
+    """Whether edits of (and gradients at) ``hook_pattern`` (``scores=True``:
+    ``hook_attn_scores``) reach the output."""
     if not is_bridge(model):
         return True
-    return all(_live(a) for a in _attn_modules(model))
+    return all(_live(a, scores) for a in _attn_modules(model))
 
 
-def require_pattern_hooks(model: Any, what: str) -> None:
-    """Raise ``ValueError`` if ``what`` (an edit of or a gradient at the pattern) would be lost."""
-    if pattern_hooks_live(model):
+def require_pattern_hooks(model: Any, what: str, *, scores: bool = False) -> None:
+    """Raise ``ValueError`` if ``what`` (an edit of or a gradient at the pattern, or with
+    ``scores=True`` at the pre-softmax scores) would be lost."""
+    if pattern_hooks_live(model, scores=scores):
         return
     from mechattr.runtime.arch import arch
 
+    hook = "hook_attn_scores" if scores else "hook_pattern"
     raise ValueError(
-        f"{what} needs hook_pattern/hook_attn_scores inside the attention computation, but this "
-        f"TransformerBridge ({arch(model).architecture or type(model).__name__}) runs attention inside "
-        f"the HF module and fires those hooks on the returned weights afterwards, so edits and "
-        f"gradients there would be silently lost (TransformerLens's plain AttentionBridge). Use a "
-        f"head-output site (hook_z) instead, or an architecture whose bridge rebuilds attention"
+        f"{what} needs {hook} inside the attention computation, but this TransformerBridge "
+        f"({arch(model).architecture or type(model).__name__}) computes it inside the wrapped module and "
+        f"fires the hook on the result afterwards, so edits and gradients there would be silently lost. "
+        f"Use a head-output site (hook_z){'' if scores else ''} instead, or an architecture whose bridge rebuilds attention"
     )
+
+
+_RESID_MID: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def resid_mid_live(model: Any) -> bool:
+    """Whether an edit at ``blocks.L.hook_resid_mid`` reaches the residual stream (the skip
+    connection around the MLP), not only the MLP's input — TransformerLens's native
+    bridge module aliases ``hook_resid_mid`` to ``ln2.hook_in``. Measured once per model:
+    add 1 at layer 0's ``hook_resid_mid`` while holding ``hook_mlp_out`` at its clean value;
+    ``hook_resid_post`` must move by exactly 1."""
+    if not is_bridge(model):
+        return True
+    try:
+        return _RESID_MID[model]
+    except (KeyError, TypeError):
+        pass
+    from mechattr.runtime.arch import arch
+    from mechattr.runtime.cache import cache_activations
+    from mechattr.runtime.device import model_device
+
+    a = arch(model)
+    names = ("blocks.0.hook_resid_mid", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post")
+    live = True
+    if not a.attn_only and all(a.has_hook(n) for n in names):
+        toks = torch.arange(min(4, a.n_ctx), device=model_device(model))[None] % a.d_vocab
+        clean = cache_activations(model, toks, names[1:])
+        hold = [(names[0], lambda act, hook: act + 1.0), (names[1], lambda act, hook: clean[names[1]].to(act.dtype))]
+        edited = cache_activations(model, toks, names[2:], fwd_hooks=hold)[names[2]]
+        live = bool(torch.allclose(edited - clean[names[2]], torch.ones_like(edited), atol=1e-3))
+    try:
+        _RESID_MID[model] = live
+    except TypeError:  # pragma: no cover
+        pass
+    return live
+
+
+def require_live(model: Any, hook_names: Any, what: str) -> None:
+    """Raise ``ValueError`` if an edit of (or a gradient at) any of ``hook_names`` would be
+    silently lost on this model: pattern and score hooks fired after the attention
+    (:func:`require_pattern_hooks`), ``hook_resid_mid`` that is only the MLP's input
+    (:func:`resid_mid_live`)."""
+    names = list(hook_names)
+    if any(n.endswith("hook_pattern") for n in names):
+        require_pattern_hooks(model, what)
+    if any(n.endswith("hook_attn_scores") for n in names):
+        require_pattern_hooks(model, what, scores=True)
+    if any(n.endswith("hook_resid_mid") for n in names) and not resid_mid_live(model):
+        raise ValueError(
+            f"{what}: on this TransformerBridge hook_resid_mid is the MLP's input only (an edit there "
+            f"misses the residual skip connection), so the result would be silently wrong; edit "
+            f"hook_resid_pre of the next block or hook_attn_out / hook_mlp_out instead"
+        )
 
 
 def _scores_hook(state: dict):

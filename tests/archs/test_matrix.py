@@ -256,11 +256,6 @@ def test_left_padded_batch_equals_unpadded_rows(loaded, unchanged, name, method)
 @matrix
 def test_validate_runs_end_to_end(loaded, unchanged, request, name, kind):
     model = _model(loaded, name, kind)
-    if not pattern_hooks_live(model):
-        request.applymarker(pytest.mark.xfail(strict=False, reason=(
-            "validation/claims.py link test reads hook_pattern before hook_z in one pass; on this bridge "
-            "TransformerLens fires hook_pattern after HF's attention, i.e. after hook_z (KeyError 'pattern'): "
-            "pending in mechattr/validation (runtime.attention.pattern_hooks_live tells)")))
     with unchanged(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rep = mechattr.validate(

@@ -20,7 +20,7 @@ the default: least disturbed by other jobs on a shared machine) or the median ov
 
 Usage: python scripts/bench_archs.py [--device cpu|cuda] [--reps 3] [--threads 1] [--write]
 ``--write`` replaces this TransformerLens major's section of benchmarks/archs.md and keeps
-the other major's.
+the other major's and the hand-written ``<!-- notes -->`` block.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def section(results: list, a: argparse.Namespace, device_line: str, loads: list[
 HEADER = """# Architectures: the fast paths vs their peers, per architecture and model kind
 
 `python scripts/bench_archs.py` (one section per TransformerLens major; `--write` replaces
-its own section and keeps the other).
+its own section and keeps the other major's and the notes).
 
 - **Models:** random (seeded, `initializer_range` 0.05) transformers models built offline from
   their configs, saved with `save_pretrained` and a word-level tokenizer, loaded with
@@ -286,8 +286,10 @@ def write(path: Path, a: argparse.Namespace, body: str) -> None:
     old = path.read_text() if path.exists() else ""
     sections = {m.group(1): m.group(0) for m in re.finditer(r"<!-- tl(\d+) -->.*?<!-- /tl\1 -->", old, flags=re.S)}
     sections[str(TL_MAJOR)] = body
+    notes = re.search(r"<!-- notes -->.*?<!-- /notes -->", old, flags=re.S)  # hand-written findings, kept
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + "\n" + "\n\n".join(sections[k] for k in sorted(sections)) + "\n")
+    path.write_text(header + "\n" + (notes.group(0) + "\n\n" if notes else "")
+                    + "\n\n".join(sections[k] for k in sorted(sections)) + "\n")
 
 
 def main() -> None:

@@ -1,0 +1,279 @@
+"""More of the architecture matrix: path patching, mean ablation, residual and attention
+attribution, DLA, rollout and comprehensiveness on every architecture, as a HookedTransformer
+(TransformerLens 3, where it can build one) and as a TransformerBridge, each against a slow
+reference written here with raw ``run_with_hooks`` / autograd (no mechattr code in the
+references)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mechattr
+from mechattr import MLP, Head
+from mechattr.faithfulness import comprehensiveness
+from mechattr.runtime.arch import arch
+from mechattr.runtime.attention import pattern_hooks_live
+
+from .conftest import ARCHS
+from .test_matrix import CLEAN, CORR, CORRECT, KINDS, TARGET, _f, _model, _run_f, close
+
+matrix = pytest.mark.parametrize("kind", KINDS)
+arch_param = pytest.mark.parametrize("name", ARCHS)
+
+
+def _probe_grads(model, tokens, names, f=lambda out: _f(out).mean(), extra=()):
+    """(activation, ∂f/∂activation) at each hook in ``names``: a zero leaf is added at the
+    hook (every downstream path kept). ``f`` maps logits to a scalar."""
+    acts, probe = {}, {}
+
+    def keep(name):
+        def fn(act, hook):
+            acts[name] = act.detach().clone()
+            probe[name] = torch.zeros_like(act, requires_grad=True)
+            return act + probe[name]
+
+        return fn
+
+    with torch.enable_grad():
+        out = model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in names] + list(extra))
+        grads = torch.autograd.grad(f(out), [probe[n] for n in names])
+    return acts, dict(zip(names, grads))
+
+
+def _cache_by_name(model, tokens, names):
+    """``_cache`` keyed by the requested hook name (a bridge's ``hook.name`` may be an alias)."""
+    out = {}
+
+    def keep(name):
+        def fn(act, hook):
+            out[name] = act.detach().clone()
+
+        return fn
+
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in names])
+    return out
+
+
+def _z_names(model):
+    return [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+
+
+def _frozen_sender_hooks(model, sender):
+    """Run-2 hooks of textbook path patching: every head's z frozen to its clean value, the
+    sender's (head z or MLP output) from the corrupted run."""
+    names = _z_names(model)
+    cc = _cache_by_name(model, CLEAN, names)
+    xc = _cache_by_name(model, CORR, names + ([f"blocks.{sender.layer}.hook_mlp_out"] if isinstance(sender, MLP) else []))
+
+    def freeze(layer):
+        def fn(act, hook):
+            out = cc[names[layer]].clone()
+            if isinstance(sender, Head) and sender.layer == layer:
+                out[:, :, sender.head] = xc[names[layer]][:, :, sender.head]
+            return out.to(act.dtype)
+
+        return fn
+
+    hooks = [(names[layer], freeze(layer)) for layer in range(len(names))]
+    if isinstance(sender, MLP):
+        mlp = f"blocks.{sender.layer}.hook_mlp_out"
+        hooks.append((mlp, lambda act, hook: xc[mlp].clone().to(act.dtype)))
+    return hooks
+
+
+SENDERS = [Head(0, 1), MLP(0)]
+
+
+# --------------------------------------------------------------------------- path patching
+@arch_param
+@matrix
+def test_path_patch_to_logits_matches_textbook_reference(loaded, unchanged, name, kind):
+    """Receivers "logits": batch-mean F of the clean run with every head's z frozen to clean
+    except the sender's (head z or MLP output from the corrupted run); MLPs recompute."""
+    model = _model(loaded, name, kind)
+    with unchanged(model):
+        got = mechattr.path_patch(model, CLEAN, CORR, TARGET, SENDERS, "logits")
+    ref = torch.stack([_run_f(model, CLEAN, _frozen_sender_hooks(model, s)).mean() for s in SENDERS])
+    assert (ref - _run_f(model, CLEAN).mean()).abs().max() > 1e-6, "the senders have no effect: the check is vacuous"
+    close(got, ref)
+
+
+@arch_param
+@matrix
+def test_path_patch_to_query_matches_textbook_reference(loaded, unchanged, name, kind):
+    """Receiver ``(L, h, "q")`` (L the last layer): run 2 as for logits, caching
+    ``blocks.L.hook_resid_pre``; run 3 is the clean run with head h's ``hook_q`` replaced by
+    ``ln1(resid₂) @ W_Q[h] + b_Q[h]``; the batch-mean F of run 3."""
+    model = _model(loaded, name, kind)
+    L, h = model.cfg.n_layers - 1, 2
+    blk = model.blocks[L]
+    if arch(model).parallel_attn_mlp:
+        pytest.skip("parallel attention/MLP: textbook form is written for the sequential block (ln1(resid_pre) → q); not checked here")
+    resid, q = f"blocks.{L}.hook_resid_pre", f"blocks.{L}.attn.hook_q"
+
+    def project(r):
+        b_q = blk.attn.b_Q  # None on a bridge of a bias-free attention
+        return blk.ln1(r) @ blk.attn.W_Q[h] + (0.0 if b_q is None else b_q[h])
+
+    base = _cache_by_name(model, CLEAN, [resid, q])
+    with torch.no_grad():
+        same = torch.allclose(project(base[resid]).float(), base[q][:, :, h].float(), atol=1e-5, rtol=1e-4)
+    if not same:
+        pytest.skip(f"{name}/{kind}: hook_q is not ln1(resid_pre) @ W_Q + b_Q here (e.g. a q-norm or a fused projection), so the textbook run 3 does not apply")
+    with unchanged(model):
+        got = mechattr.path_patch(model, CLEAN, CORR, TARGET, SENDERS, [(L, h, "q")])
+    refs = []
+    for s in SENDERS:
+        store = {}
+        hooks = _frozen_sender_hooks(model, s) + [(resid, lambda act, hook, store=store: store.__setitem__("r", act.detach().clone()))]
+        with torch.no_grad():
+            model.run_with_hooks(CLEAN, fwd_hooks=hooks)
+
+            def patch(act, hook, store=store):
+                act = act.clone()
+                act[:, :, h] = project(store["r"]).to(act.dtype)
+                return act
+
+            refs.append(_run_f(model, CLEAN, [(q, patch)]).mean())
+    ref = torch.stack(refs)
+    assert (ref - _run_f(model, CLEAN).mean()).abs().max() > 1e-7, "the senders have no effect through q: the check is vacuous"
+    close(got, ref)
+
+
+# --------------------------------------------------------------------------- ablation
+@arch_param
+@matrix
+def test_run_ablated_mean_matches_batch_mean_hook(loaded, unchanged, name, kind):
+    """``mode="mean"``: head (0, 1)'s z is its mean over the batch at each position."""
+    model = _model(loaded, name, kind)
+    with unchanged(model):
+        got = mechattr.run_ablated(model, CLEAN, [Head(0, 1)], mode="mean")
+    hook = "blocks.0.attn.hook_z"
+    mean_z = _cache_by_name(model, CLEAN, [hook])[hook][:, :, 1].mean(0, keepdim=True)
+
+    def fn(act, hook):
+        act = act.clone()
+        act[:, :, 1] = mean_z.expand_as(act[:, :, 1]).to(act.dtype)
+        return act
+
+    with torch.no_grad():
+        ref = model.run_with_hooks(CLEAN, fwd_hooks=[(hook, fn)]).float()
+        assert (ref - model(CLEAN).float()).abs().max() > 1e-6, "mean ablation had no effect: the check is vacuous"
+    close(got, ref)
+
+
+# --------------------------------------------------------------------------- residual attribution
+@arch_param
+@matrix
+def test_attribute_resid_grad_x_act_matches_autograd(loaded, unchanged, name, kind):
+    """Row l < n_layers: Σ_{batch, d_model} x · ∂F̄/∂x at ``blocks.l.hook_resid_pre``; last
+    row the same at the final ``hook_resid_post``; F̄ the batch-mean target."""
+    model = _model(loaded, name, kind)
+    with unchanged(model):
+        got = mechattr.attribute_resid(model, CLEAN, TARGET, method="grad_x_act")
+    n_l = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_l)] + [f"blocks.{n_l - 1}.hook_resid_post"]
+    acts, grads = _probe_grads(model, CLEAN, names)
+    ref = torch.stack([(acts[n].float() * grads[n].float()).sum((0, 2)) for n in names])
+    close(got, ref)
+
+
+# --------------------------------------------------------------------------- DLA
+@arch_param
+@matrix
+def test_attribute_heads_dla_is_linearised_direct_effect(loaded, unchanged, name, kind):
+    """DLA of head h (layer l) = Σ_{batch, pos} (z_h @ W_O[h]) · ∂F̄/∂r with ``r`` the final
+    residual ``blocks.{L-1}.hook_resid_post`` and the final norm's scale frozen at its clean
+    value (``ln_final.hook_scale`` detached): the head's write, centred (LayerNorm) and divided
+    by the cached scale, through the rest of the readout, as TransformerLens's
+    ``apply_ln_to_stack`` + ``logit_attrs`` for a logit target."""
+    model = _model(loaded, name, kind)
+    if arch(model).logit_soft_cap is not None:
+        pytest.skip("final logit soft-capping: the logit is not linear in the normalised residual, DLA is only a local linearisation of tanh")
+    with unchanged(model):
+        got = mechattr.attribute_heads(model, CLEAN, TARGET, method="dla")
+    n_l = model.cfg.n_layers
+    final = f"blocks.{n_l - 1}.hook_resid_post"
+    frozen = [("ln_final.hook_scale", lambda act, hook: act.detach())]
+    _, grads = _probe_grads(model, CLEAN, [final], extra=frozen)
+    g = grads[final].float()
+    z = _cache_by_name(model, CLEAN, _z_names(model))
+    ref = torch.zeros(n_l, model.cfg.n_heads)
+    for layer, zn in enumerate(_z_names(model)):
+        W_O = model.blocks[layer].attn.W_O.detach().float()  # [head, d_head, d_model]
+        for h in range(model.cfg.n_heads):
+            ref[layer, h] = ((z[zn][:, :, h].float() @ W_O[h]) * g).sum()
+    assert ref.abs().max() > 1e-6
+    close(got, ref)
+
+
+# --------------------------------------------------------------------------- rollout
+@arch_param
+@matrix
+def test_attention_rollout_matches_definition(loaded, unchanged, name, kind):
+    """R = Â_{L-1} ⋯ Â_0, Â_l = rows-renormalised 0.5·mean_h(A_l) + 0.5·I (Abnar & Zuidema 2020)."""
+    model = _model(loaded, name, kind)
+    with unchanged(model):
+        got = mechattr.attention_rollout(model, CLEAN)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    pats = _cache_by_name(model, CLEAN, names)
+    n = CLEAN.shape[1]
+    R = torch.eye(n).expand(CLEAN.shape[0], n, n)
+    for nm in names:
+        a = 0.5 * pats[nm].float().mean(1) + 0.5 * torch.eye(n)
+        a = a / a.sum(-1, keepdim=True)
+        R = a @ R
+    close(got, R)
+
+
+# --------------------------------------------------------------------------- faithfulness
+@arch_param
+@matrix
+def test_comprehensiveness_matches_zeroed_embeddings(loaded, unchanged, name, kind):
+    """comp = p(correct | x) − p(correct | x with the top ceil(0.2·8) = 2 scored tokens' hook_embed
+    set to 0) at the last position (no BOS among the tokens: every position is removable)."""
+    model = _model(loaded, name, kind)
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(CLEAN.shape, generator=g)
+    with unchanged(model):
+        got = comprehensiveness(model, CLEAN, TARGET, scores)
+    k = 2
+    top = scores.argsort(-1, descending=True)[:, :k]
+    drop = torch.zeros(CLEAN.shape, dtype=torch.bool)
+    drop[torch.arange(CLEAN.shape[0])[:, None], top] = True
+
+    def zero(act, hook):
+        return act.masked_fill(drop[:, :, None].to(act.device), 0.0)
+
+    rows = torch.arange(CLEAN.shape[0])
+
+    def p(logits):
+        return logits[:, -1].float().softmax(-1)[rows, CORRECT]
+
+    with torch.no_grad():
+        ref = p(model(CLEAN)) - p(model.run_with_hooks(CLEAN, fwd_hooks=[("hook_embed", zero)]))
+    assert ref.abs().max() > 1e-7
+    close(got, ref)
+
+
+# --------------------------------------------------------------------------- attention attribution
+@arch_param
+@matrix
+def test_attribute_attention_grad_x_attn_matches_autograd(loaded, unchanged, name, kind):
+    """``[batch, layer, head, q, k]`` = A ⊙ ∂F_b/∂A at ``hook_pattern`` (each example's own
+    target); refused with a ValueError naming hook_pattern where edits there are lost."""
+    model = _model(loaded, name, kind)
+    if not pattern_hooks_live(model):
+        with unchanged(model), pytest.raises(ValueError, match="hook_pattern"):
+            mechattr.attribute_attention(model, CLEAN, TARGET, method="grad_x_attn")
+        return
+    with unchanged(model):
+        got = mechattr.attribute_attention(model, CLEAN, TARGET, method="grad_x_attn")
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    acts, grads = _probe_grads(model, CLEAN, names, f=lambda out: _f(out).sum())
+    ref = torch.stack([acts[n].float() * grads[n].float() for n in names], 1)
+    assert ref.abs().max() > 1e-7
+    close(got, ref)
+

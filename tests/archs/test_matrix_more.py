@@ -105,12 +105,12 @@ def test_path_patch_to_logits_matches_textbook_reference(loaded, unchanged, name
 def test_path_patch_to_query_matches_textbook_reference(loaded, unchanged, name, kind):
     """Receiver ``(L, h, "q")`` (L the last layer): run 2 as for logits, caching
     ``blocks.L.hook_resid_pre``; run 3 is the clean run with head h's ``hook_q`` replaced by
-    ``ln1(resid₂) @ W_Q[h] + b_Q[h]``; the batch-mean F of run 3."""
+    ``ln1(resid₂) @ W_Q[h] + b_Q[h]``; the batch-mean F of run 3. Parallel attention/MLP
+    blocks (GPT-J, Pythia, Phi) feed attention ``ln1(resid_pre)`` too, so the form applies
+    there; checked per model: where the clean ``hook_q`` is not that projection, skip."""
     model = _model(loaded, name, kind)
     L, h = model.cfg.n_layers - 1, 2
     blk = model.blocks[L]
-    if arch(model).parallel_attn_mlp:
-        pytest.skip("parallel attention/MLP: textbook form is written for the sequential block (ln1(resid_pre) → q); not checked here")
     resid, q = f"blocks.{L}.hook_resid_pre", f"blocks.{L}.attn.hook_q"
 
     def project(r):

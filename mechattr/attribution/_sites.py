@@ -22,6 +22,7 @@ from torch import Tensor
 from mechattr.attribution.paths import default_batch_size
 from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import cache_activations
+from mechattr.runtime.chunks import row_chunks
 from mechattr.targets import Target, check_finite, run_target
 
 Hook = tuple[str, Callable]
@@ -29,8 +30,8 @@ Hook = tuple[str, Callable]
 
 def chunks(n: int, size: int) -> Iterator[Tensor]:
     """Row-index tensors of at most ``size`` rows covering ``0..n-1``."""
-    for i in range(0, n, size):
-        yield torch.arange(i, min(n, i + size))
+    for sl in row_chunks(n, size):
+        yield torch.arange(sl.start, sl.stop)
 
 
 def row_size(model: Any, toks: Tensor, target: Callable, batch_size: int | None, per_row: int = 1) -> int:

@@ -35,7 +35,7 @@ from mechattr.model import model_device, model_guard
 from mechattr.runtime.arch import arch, supports_start_at_layer
 from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import hook_layer
-from mechattr.runtime.chunks import check_batch_size, grad_rows
+from mechattr.runtime.chunks import check_batch_size, grad_rows, row_chunks
 from mechattr.targets import Target, check_finite, run_target
 
 __all__ = ["SCHEDULES", "ConvergenceWarning", "PathIntegral", "convergence_report", "default_batch_size", "evaluate_at_hook", "hook_layer", "path_integral", "schedule"]
@@ -196,8 +196,7 @@ def _as_baseline(baseline: Any, x: Tensor) -> Tensor:
 
 
 def _chunks(rows: int, size: int) -> Iterator[slice]:
-    for i in range(0, rows, size):
-        yield slice(i, min(rows, i + size))
+    return row_chunks(rows, size)
 
 
 # ------------------------------------------------------------------------------ engine

@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechattr.inputs import Batch
+from mechattr.runtime.chunks import row_chunks
 from mechattr.targets import Target, check_finite, run_target
 
 
@@ -186,8 +187,8 @@ def perturbed_values(
     repl = replacement_embedding(model, op, replacement_id)
     bs = rows if batch_size is None else max(1, int(batch_size))
     out = []
-    for r0 in range(0, rows, bs):
-        r1 = min(rows, r0 + bs)
+    for sl in row_chunks(rows, bs):
+        r0, r1 = sl.start, sl.stop
         sl = torch.arange(r0, r1, device=dev)
         t = full.take(sl)
         m = None if mask_rows is None else mask_rows[r0:r1]

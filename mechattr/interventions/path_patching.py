@@ -58,6 +58,7 @@ from mechattr.model import check_model, model_guard
 from mechattr.runtime import blocks as lastblock
 from mechattr.runtime.arch import arch
 from mechattr.runtime.cache import cache_pair
+from mechattr.runtime.chunks import row_chunks
 from mechattr.runtime.tl import simple_attn_linear
 from mechattr.targets import Target, check_finite, target_values
 
@@ -221,8 +222,8 @@ def _generic_inputs(model: Any, c: Any, x: Any, sends: list[Component], recv: li
     per = max(1, max_rows(model, c.shape[1], batch_size, c.tokens.device) // B)
     names = sorted({_qkv_hook(r) for r in recv})
     got: dict[str, list[Tensor]] = {n: [] for n in names}
-    for i in range(0, len(variants), per):
-        acts = cache_activations(model, c.tokens, names, attention_mask=c.attention_mask, variants=variants[i : i + per])
+    for sl in row_chunks(len(variants), per):
+        acts = cache_activations(model, c.tokens, names, attention_mask=c.attention_mask, variants=variants[sl])
         for n in names:
             got[n] += list(acts[n].reshape(-1, B, *acts[n].shape[1:]))
     return {r: got[_qkv_hook(r)] for r in recv}
@@ -262,8 +263,8 @@ def _frozen_chain(model: Any, c: Any, x: Any, sends: list[Component], stop: int,
     per = max(1, max_rows(model, n_pos if idx is None else idx.shape[1], batch_size, c.tokens.device) // B)
     outs: list[Any] = [None] * len(sends)
     order = sorted(range(len(sends)), key=lambda i: sends[i].layer)
-    for g0 in range(0, len(order), per):
-        group = order[g0 : g0 + per]
+    for sl in row_chunks(len(order), per):
+        group = order[sl]
         lay = {sends[i].layer for i in group}
         for layer in sorted(lay):
             sub = [i for i in group if sends[i].layer == layer]

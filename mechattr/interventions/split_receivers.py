@@ -18,6 +18,7 @@ from torch import Tensor
 from mechattr.components import Component
 from mechattr.interventions.variants import Edit, Mode, Variant, edit_hooks, max_rows
 from mechattr.runtime.arch import arch
+from mechattr.runtime.chunks import row_chunks
 from mechattr.runtime.hooks import hooked
 from mechattr.targets import check_finite, run_target
 
@@ -80,8 +81,8 @@ def split_stage3(model: Any, c: Any, sends: list[Component], recv: list, inputs:
 
     per = max(1, max_rows(model, n_pos, batch_size, c.tokens.device) // (B * n_c))
     out = []
-    for i in range(0, n_s, per):
-        chunk = slots[i * n_c : (i + per) * n_c]
+    for sl in row_chunks(n_s, per):
+        chunk = slots[sl.start * n_c : sl.stop * n_c]
         hooks = edit_hooks(chunk, B, n_pos) + [(f"blocks.{layer}.attn.hook_z", merge(groups)) for layer, groups in plan.items()]
         with hooked(model, hooks):
             vals = run_target(model, c.tokens.repeat(len(chunk), 1), target, attention_mask=c.attention_mask, n_examples=B)

@@ -39,13 +39,16 @@ def hooked(model: Any, fwd_hooks: Sequence[tuple[str, Callable]], bwd_hooks: Seq
 
 
 def library_hook_ids(model: Any) -> set[int]:
-    """Ids of the torch hooks TransformerLens itself installs on a bridge, lazily on the
-    first forward (the blocks' ``_capture_hook_handles``: the split-qkv and ``hook_mlp_in``
-    captures). They belong to the model, not to a mechattr call: a scope that removes the
-    hooks added while it ran must leave these (TransformerLens does not re-add them)."""
+    """Ids of the torch hooks the libraries under the model install for themselves, lazily on
+    its first forward: TransformerLens's bridge captures (the blocks' ``_capture_hook_handles``:
+    split-qkv, ``hook_mlp_in``, scaled contributions) and transformers' output-capturing
+    hooks. They belong to the model, not to a mechattr call: a scope that removes the hooks
+    added while it ran must leave these (neither library re-adds them)."""
     ids: set[int] = set()
     for m in model.modules():
         for name, val in vars(m).items():
             if name.endswith("_hook_handles") and isinstance(val, list):
                 ids.update(int(getattr(h, "id", -1)) for h in val)
+        for d in (m._forward_hooks, m._forward_pre_hooks):
+            ids.update(k for k, fn in d.items() if str(getattr(fn, "__module__", "") or "").startswith("transformers."))
     return ids

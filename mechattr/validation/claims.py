@@ -21,6 +21,7 @@ from mechattr.components import Head
 from mechattr.inputs import Batch
 from mechattr.runtime.arch import arch
 from mechattr.runtime.cache import cache_activations
+from mechattr.runtime.chunks import row_chunks
 from mechattr.runtime.hooks import hooked
 from mechattr.targets import Target, run_target
 
@@ -161,8 +162,8 @@ def edge_effects(
         full = target.take(ex)
         bs = rows if batch_size is None else max(1, int(batch_size))
         vals = []
-        for r0 in range(0, rows, bs):
-            r1 = min(rows, r0 + bs)
+        for sl in row_chunks(rows, bs):
+            r0, r1 = sl.start, sl.stop
             ar = torch.arange(r1 - r0, device=dev)
             qs = q_rows[r0:r1]
             delta = w_all[r0:r1, None] * v_all[r0:r1]

@@ -124,6 +124,14 @@ def render_html(report: Any) -> str:
         f" · methods: {_e(', '.join(st.get('methods', [])))} · k = {_e(st.get('k'))} · removal: {_e(st.get('removal'))}"
         f" · seed: {_e(st.get('seed'))}</p>"
     )
+    ar = st.get("architecture") or {}
+    if ar:
+        parts.append(
+            f"<p class='note'>model: {_e(ar.get('architecture') or '?')} as a {_e(ar.get('kind'))} "
+            f"(TransformerLens {_e(ar.get('transformer_lens'))}) · {_e(ar.get('n_layers'))} layers × "
+            f"{_e(ar.get('n_heads'))} heads, {_e(ar.get('attention'))} ({_e(ar.get('n_kv_heads'))} key/value heads) · "
+            f"positions: {_e(ar.get('positional'))} · norm: {_e(ar.get('norm'))}</p>"
+        )
     summary = (
         f"<p>{n_conf} of {len(report.claims)} claims confirmed. A test confirms a claim when its intervention "
         "effect exceeds the 95th percentile of the same intervention on random controls (random rankings, heads "

@@ -40,6 +40,7 @@ from mechattr.faithfulness.removal import removable_mask, target_read_positions
 from mechattr.inputs import Batch, prepare_pair, prepare_tokens
 from mechattr.io import to_jsonable, versions
 from mechattr.model import model_guard
+from mechattr.runtime.arch import arch
 from mechattr.targets import Target, run_target
 from mechattr.validation.claims import Claim, compare, edge_effects, link_strength
 from mechattr.validation.heads import SetAblation, control_sets, parse_head_claims
@@ -310,7 +311,7 @@ def validate(
                      "links": grids.get("links"), "flow_graph": grids.get("flow_graph")}
         rep.skipped, rep.timings = steps.skipped, steps.timings
         rep.settings = to_jsonable({
-            "model": model_name or getattr(model.cfg, "model_name", "model"), "n_layers": model.cfg.n_layers,
+            "model": model_name or getattr(model.cfg, "model_name", "model"), "architecture": arch(model).summary(), "n_layers": model.cfg.n_layers,
             "n_heads": model.cfg.n_heads, "target": target.describe(), "n_examples": batch.shape[0], "n_pos": batch.shape[1],
             "methods": list(named), "k": k, "removal": removal, "n_draws": n_draws, "curve_steps": curve_steps,
             "curve_draws": curve_draws, "top_heads": top_heads, "top_links": top_links, "ablation_modes": list(ablation_modes),

@@ -33,6 +33,9 @@ def test_report_on_gqa_model(arch_dir, tmp_path):
                    threads=1, bridge=bridge, n_draws=8)
         assert (out / "report.html").exists()
         got[bridge] = _verdicts(out)
+        arch = json.loads((out / "report.json").read_text())["settings"]["architecture"]
+        assert arch["attention"] == "GQA" and arch["kind"] == ("bridge" if bridge else "hooked")
+        assert "GQA" in (out / "report.html").read_text()
         assert got[bridge] and all(v in {"confirmed", "not confirmed", "underpowered", "redundant"} or isinstance(v, str) for _, v in got[bridge])
     assert torch.get_num_threads() == threads and dict(os.environ) == env
     if len(got) == 2:

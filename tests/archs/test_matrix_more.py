@@ -277,3 +277,80 @@ def test_attribute_attention_grad_x_attn_matches_autograd(loaded, unchanged, nam
     assert ref.abs().max() > 1e-7
     close(got, ref)
 
+
+
+# --------------------------------------------------------------------------- beyond the brief's list
+@arch_param
+@matrix
+@pytest.mark.parametrize("unit", ["mlps", "neurons"])
+def test_attribute_mlps_and_neurons_grad_x_act_match_autograd(loaded, unchanged, name, kind, unit):
+    """MLPs: Σ_{batch, pos, d_model} a · ∂F̄/∂a at ``blocks.l.hook_mlp_out``; neurons: Σ_{batch,
+    pos} a · ∂F̄/∂a at ``blocks.l.mlp.hook_post``, one score per neuron."""
+    model = _model(loaded, name, kind)
+    hook = "hook_mlp_out" if unit == "mlps" else "mlp.hook_post"
+    names = [f"blocks.{layer}.{hook}" for layer in range(model.cfg.n_layers)]
+    with unchanged(model):
+        fn = mechattr.attribute_mlps if unit == "mlps" else mechattr.attribute_neurons
+        got = fn(model, CLEAN, TARGET, method="grad_x_act")
+    acts, grads = _probe_grads(model, CLEAN, names)
+    dims = (0, 1, 2) if unit == "mlps" else (0, 1)
+    ref = torch.stack([(acts[n].float() * grads[n].float()).sum(dims) for n in names])
+    assert ref.abs().max() > 1e-7
+    close(got, ref)
+
+
+@arch_param
+@matrix
+def test_attention_flow_matches_networkx_max_flow_written_here(loaded, unchanged, name, kind):
+    """flow[b, k] = max-flow from (0, k) to (L, last) in the layered graph with edges
+    (l, k) → (l+1, q) of capacity Â_l[q, k] (Â as in rollout), solved with networkx here."""
+    import networkx as nx
+
+    model = _model(loaded, name, kind)
+    with unchanged(model):
+        got = mechattr.attention_flow(model, CLEAN)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    pats = _cache_by_name(model, CLEAN, names)
+    B, n, L = CLEAN.shape[0], CLEAN.shape[1], len(names)
+    ref = torch.zeros(B, n)
+    for b in range(B):
+        G = nx.DiGraph()
+        for layer, nm in enumerate(names):
+            a = 0.5 * pats[nm][b].double().mean(0) + 0.5 * torch.eye(n, dtype=torch.float64)
+            a = a / a.sum(-1, keepdim=True)
+            for q in range(n):
+                for k in range(q + 1):
+                    G.add_edge((layer, k), (layer + 1, q), capacity=float(a[q, k]))
+        for k in range(n):
+            ref[b, k] = nx.maximum_flow_value(G, (0, k), (L, n - 1))
+    close(got, ref, rtol=1e-4)
+
+
+@arch_param
+@matrix
+def test_sufficiency_matches_keeping_only_the_top_tokens(loaded, unchanged, name, kind):
+    """suff = p(correct | x) − p(correct | x with every token but the top ceil(0.2·8) = 2 scored
+    ones at a zero hook_embed), at the last position."""
+    from mechattr.faithfulness import sufficiency
+
+    model = _model(loaded, name, kind)
+    g = torch.Generator().manual_seed(4)
+    scores = torch.rand(CLEAN.shape, generator=g)
+    with unchanged(model):
+        got = sufficiency(model, CLEAN, TARGET, scores)
+    top = scores.argsort(-1, descending=True)[:, :2]
+    keep = torch.zeros(CLEAN.shape, dtype=torch.bool)
+    keep[torch.arange(CLEAN.shape[0])[:, None], top] = True
+
+    def zero(act, hook):
+        return act.masked_fill(~keep[:, :, None].to(act.device), 0.0)
+
+    rows = torch.arange(CLEAN.shape[0])
+
+    def p(logits):
+        return logits[:, -1].float().softmax(-1)[rows, CORRECT]
+
+    with torch.no_grad():
+        ref = p(model(CLEAN)) - p(model.run_with_hooks(CLEAN, fwd_hooks=[("hook_embed", zero)]))
+    assert ref.abs().max() > 1e-7
+    close(got, ref)

@@ -15,7 +15,7 @@ from mechattr.faithfulness import comprehensiveness
 from mechattr.runtime.arch import arch
 from mechattr.runtime.attention import pattern_hooks_live
 
-from .conftest import ARCHS
+from .conftest import ARCHS, GQA
 from .test_matrix import CLEAN, CORR, CORRECT, KINDS, TARGET, _f, _model, _run_f, close
 
 matrix = pytest.mark.parametrize("kind", KINDS)
@@ -102,28 +102,40 @@ def test_path_patch_to_logits_matches_textbook_reference(loaded, unchanged, name
 
 @arch_param
 @matrix
-def test_path_patch_to_query_matches_textbook_reference(loaded, unchanged, name, kind):
-    """Receiver ``(L, h, "q")`` (L the last layer): run 2 as for logits, caching
-    ``blocks.L.hook_resid_pre``; run 3 is the clean run with head h's ``hook_q`` replaced by
-    ``ln1(resid₂) @ W_Q[h] + b_Q[h]``; the batch-mean F of run 3. Parallel attention/MLP
+@pytest.mark.parametrize("w", ["q", "k", "v"])
+def test_path_patch_to_receiver_input_matches_textbook_reference(loaded, unchanged, name, kind, w):
+    """Receiver ``(L, h, w)`` (L the last layer, w = q|k|v): run 2 as for logits, caching
+    ``blocks.L.hook_resid_pre``; run 3 is the clean run with head h's ``hook_w`` replaced by
+    ``ln1(resid₂) @ W_w[h] + b_w[h]``; the batch-mean F of run 3. Parallel attention/MLP
     blocks (GPT-J, Pythia, Phi) feed attention ``ln1(resid_pre)`` too, so the form applies
-    there; checked per model: where the clean ``hook_q`` is not that projection, skip."""
+    there; checked per model: where the clean ``hook_w`` is not that projection, skip.
+
+    Grouped-query k/v (``hook_k``/``hook_v`` hold ``n_kv_heads`` heads): one query head's own
+    k/v input is not a slice of the hook, so the receivers are *every* query head of h's
+    group (``h // group``, HF's ``repeat_kv``), which together equal replacing the whole kv
+    head — that slice is what the reference replaces."""
     model = _model(loaded, name, kind)
     L, h = model.cfg.n_layers - 1, 2
     blk = model.blocks[L]
-    resid, q = f"blocks.{L}.hook_resid_pre", f"blocks.{L}.attn.hook_q"
+    resid, site = f"blocks.{L}.hook_resid_pre", f"blocks.{L}.attn.hook_{w}"
+    base = _cache_by_name(model, CLEAN, [resid, site])
+    n_at = base[site].shape[2]
+    group = model.cfg.n_heads // n_at
+    idx = h // group  # == h unless grouped k/v
+    receivers = [(L, g, w) for g in range(idx * group, (idx + 1) * group)]
+    assert (n_at != model.cfg.n_heads) == (w != "q" and name in GQA)
 
     def project(r):
-        b_q = blk.attn.b_Q  # None on a bridge of a bias-free attention
-        return blk.ln1(r) @ blk.attn.W_Q[h] + (0.0 if b_q is None else b_q[h])
+        W, b = getattr(blk.attn, f"W_{w.upper()}"), getattr(blk.attn, f"b_{w.upper()}")  # b: None without bias
+        i = h if W.shape[0] == model.cfg.n_heads else idx  # bridges keep k/v weights per kv head
+        return blk.ln1(r) @ W[i] + (0.0 if b is None else b[i])
 
-    base = _cache_by_name(model, CLEAN, [resid, q])
     with torch.no_grad():
-        same = torch.allclose(project(base[resid]).float(), base[q][:, :, h].float(), atol=1e-5, rtol=1e-4)
+        same = torch.allclose(project(base[resid]).float(), base[site][:, :, idx].float(), atol=1e-5, rtol=1e-4)
     if not same:
-        pytest.skip(f"{name}/{kind}: hook_q is not ln1(resid_pre) @ W_Q + b_Q here (e.g. a q-norm or a fused projection), so the textbook run 3 does not apply")
+        pytest.skip(f"{name}/{kind}: hook_{w} is not ln1(resid_pre) @ W_{w.upper()} + b_{w.upper()} here (e.g. a q/k-norm or a fused projection), so the textbook run 3 does not apply")
     with unchanged(model):
-        got = mechattr.path_patch(model, CLEAN, CORR, TARGET, SENDERS, [(L, h, "q")])
+        got = mechattr.path_patch(model, CLEAN, CORR, TARGET, SENDERS, receivers)
     refs = []
     for s in SENDERS:
         store = {}
@@ -133,12 +145,12 @@ def test_path_patch_to_query_matches_textbook_reference(loaded, unchanged, name,
 
             def patch(act, hook, store=store):
                 act = act.clone()
-                act[:, :, h] = project(store["r"]).to(act.dtype)
+                act[:, :, idx] = project(store["r"]).to(act.dtype)
                 return act
 
-            refs.append(_run_f(model, CLEAN, [(q, patch)]).mean())
+            refs.append(_run_f(model, CLEAN, [(site, patch)]).mean())
     ref = torch.stack(refs)
-    assert (ref - _run_f(model, CLEAN).mean()).abs().max() > 1e-7, "the senders have no effect through q: the check is vacuous"
+    assert (ref - _run_f(model, CLEAN).mean()).abs().max() > 1e-7, f"the senders have no effect through {w}: the check is vacuous"
     close(got, ref)
 
 

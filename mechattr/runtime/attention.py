@@ -73,7 +73,7 @@ def require_pattern_hooks(model: Any, what: str, *, scores: bool = False) -> Non
         f"{what} needs {hook} inside the attention computation, but this TransformerBridge "
         f"({arch(model).architecture or type(model).__name__}) computes it inside the wrapped module and "
         f"fires the hook on the result afterwards, so edits and gradients there would be silently lost. "
-        f"Use a head-output site (hook_z){'' if scores else ''} instead, or an architecture whose bridge rebuilds attention"
+        "Use a head-output site (hook_z) instead, or an architecture whose bridge rebuilds attention"
     )
 
 

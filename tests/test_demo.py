@@ -50,3 +50,16 @@ def test_sanity_check_distinguishes_trained_from_randomized_organism(unchanged):
     # a map that ignores the model (token ids as scores) does not pass
     ids = F.cascading_randomization(m, tb.tokens, tb.target, lambda mm, t, g: t.float(), seed=0)
     assert not ids.summary()["passes"]
+
+
+@pytest.mark.parametrize("name", ["ioi", "sentiment"])
+def test_report_runs_end_to_end_on_every_organism(name, tmp_path):
+    """`mechattr report` on the other organisms (a HookedTransformer on TransformerLens 3, the
+    native TransformerBridge on 4): every card claim gets a verdict, no step is skipped."""
+    rep = run_report(model=f"organism:{name}", task=name, out=tmp_path, card=True, n=8, seed=0,
+                     methods="saliency", quiet=True, n_draws=8, curve_steps=2, curve_draws=1,
+                     sanity_methods=(), device="cpu")
+    card = [c for c in rep.claims if c.id.endswith("(card)")]
+    assert card and all(c.verdict for c in card)
+    assert not rep.skipped, rep.skipped
+    assert (tmp_path / "report.json").exists()

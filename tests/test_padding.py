@@ -37,26 +37,22 @@ def test_right_padding_reads_last_real_token(model, name):
         torch.testing.assert_close(padded[r, : len(row)], alone[0], atol=1e-4, rtol=1e-4)
 
 
-def test_right_padding_head_attribution_equals_unpadded_mean(model):
-    toks, mask = right_padded(ROWS)
-    ids = torch.tensor([3, 4])
-    padded = mechattr.attribute_heads(model, toks, targets.logit(ids), attention_mask=mask, method="dla")
-    alone = torch.stack([
-        torch.as_tensor(mechattr.attribute_heads(model, torch.tensor([row]), targets.logit(ids[r : r + 1]), method="dla"))
-        for r, row in enumerate(ROWS)
-    ])
-    torch.testing.assert_close(torch.as_tensor(padded), alone.mean(0), atol=1e-4, rtol=1e-4)
+BATCH_MEAN = {  # functions returning one batch-mean grid
+    "dla": lambda m, t, g, mask: mechattr.attribute_heads(m, t, g, attention_mask=mask, method="dla"),
+    "ablation_scan": lambda m, t, g, mask: mechattr.ablation_scan(m, t, g, attention_mask=mask, mode="zero"),
+}
 
 
-def test_right_padding_ablation_scan_equals_unpadded_mean(model):
+@pytest.mark.parametrize("name", list(BATCH_MEAN))
+def test_right_padding_batch_mean_equals_unpadded_mean(model, name):
     toks, mask = right_padded(ROWS)
     ids = torch.tensor([3, 4])
-    padded = mechattr.ablation_scan(model, toks, targets.logit(ids), attention_mask=mask, mode="zero")
+    padded = torch.as_tensor(BATCH_MEAN[name](model, toks, targets.logit(ids), mask))
     alone = torch.stack([
-        torch.as_tensor(mechattr.ablation_scan(model, torch.tensor([row]), targets.logit(ids[r : r + 1]), mode="zero"))
+        torch.as_tensor(BATCH_MEAN[name](model, torch.tensor([row]), targets.logit(ids[r : r + 1]), None))
         for r, row in enumerate(ROWS)
     ])
-    torch.testing.assert_close(torch.as_tensor(padded), alone.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(padded, alone.mean(0), atol=1e-4, rtol=1e-4)
 
 
 def test_target_at_a_pad_position_is_an_error(model):

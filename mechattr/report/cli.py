@@ -9,7 +9,9 @@ Progress bars (tqdm) while it runs, a summary table of verdicts on the terminal 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,18 @@ def _prompt_inputs(model: Any, prompts: list[str], target: str | None, corrupt: 
     return batch, targets.logit(ids, pos="last"), corrupted
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` (if given) for the scope, then restored."""
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_report(
     *,
     model: str,
@@ -100,83 +114,52 @@ def run_report(
     """Load, build inputs, :func:`mechattr.validate`, save; returns the :class:`ValidationReport`.
 
     ``threads`` sets torch's intra-op threads for this call only (restored afterwards)."""
-    before = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        return _run_report(model=model, out=out, task=task, prompts=prompts, target=target, corrupt=corrupt, n=n,
-                           methods=methods, claims=claims, card=card, wrong=wrong, seed=seed, device=device,
-                           quiet=quiet, threads=None, bridge=bridge, **validate_kw)
-    finally:
-        torch.set_num_threads(before)
+    with _torch_threads(threads):
+        from tqdm.auto import tqdm
 
+        from mechattr.model import load_model
+        from mechattr.validation import validate
 
-def _run_report(
-    *,
-    model: str,
-    out: str | Path,
-    task: str | None = None,
-    prompts: list[str] | None = None,
-    target: str | None = None,
-    corrupt: list[str] | None = None,
-    n: int = 16,
-    methods: str | list[str] = DEFAULT_METHODS,
-    claims: dict[str, list[str]] | None = None,
-    card: bool = False,
-    wrong: bool = False,
-    seed: int = 0,
-    device: str | None = None,
-    quiet: bool = False,
-    threads: int | None = None,
-    bridge: bool = False,
-    **validate_kw: Any,
-) -> Any:
-    """Load, build inputs, :func:`mechattr.validate`, save; returns the :class:`ValidationReport`."""
-    from tqdm.auto import tqdm
+        m = load_model(model, device=device or "cpu", bridge=bridge)
+        organism = model[len("organism:"):] if model.startswith("organism:") else None
+        meths = [x.strip() for x in methods.split(",")] if isinstance(methods, str) else list(methods)
+        claims = dict(claims or {})
+        source_positions = None
+        if task is not None:
+            from mechattr import organisms
 
-    from mechattr.model import load_model
-    from mechattr.validation import validate
+            tb = organisms.task(task).sample(n, seed).to(next(m.parameters()).device)
+            tokens, tgt, corrupted = tb.tokens, tb.target, tb.corrupted
+            source_positions, mask = tb.source_positions, tb.attention_mask
+        elif prompts:
+            batch, tgt, corrupted = _prompt_inputs(m, prompts, target, corrupt)
+            tokens, mask = batch.tokens, batch.attention_mask
+        else:
+            raise ValueError("give --task <organism> or at least one --prompt")
+        if card or wrong:
+            if organism is None:
+                raise ValueError("--card-claims/--wrong-claim need an organism model (organism:<name>)")
+            if card:
+                claims.update(card_claims(organism))
+            if wrong:
+                h = wrong_head(m, organism, seed)
+                claims[f"wrong: {h} (random non-circuit head)"] = [h]
+        steps = 2 * len(meths) + 8
+        bar = tqdm(total=steps, desc="validate", disable=quiet, file=sys.stderr)
 
-    m = load_model(model, device=device or "cpu", bridge=bridge)
-    organism = model[len("organism:"):] if model.startswith("organism:") else None
-    meths = [x.strip() for x in methods.split(",")] if isinstance(methods, str) else list(methods)
-    claims = dict(claims or {})
-    source_positions = None
-    if task is not None:
-        from mechattr import organisms
+        def progress(step: str) -> None:
+            bar.set_description(step[:40])
+            bar.update(1)
 
-        tb = organisms.task(task).sample(n, seed).to(next(m.parameters()).device)
-        tokens, tgt, corrupted = tb.tokens, tb.target, tb.corrupted
-        source_positions, mask = tb.source_positions, tb.attention_mask
-    elif prompts:
-        batch, tgt, corrupted = _prompt_inputs(m, prompts, target, corrupt)
-        tokens, mask = batch.tokens, batch.attention_mask
-    else:
-        raise ValueError("give --task <organism> or at least one --prompt")
-    if card or wrong:
-        if organism is None:
-            raise ValueError("--card-claims/--wrong-claim need an organism model (organism:<name>)")
-        if card:
-            claims.update(card_claims(organism))
-        if wrong:
-            h = wrong_head(m, organism, seed)
-            claims[f"wrong: {h} (random non-circuit head)"] = [h]
-    steps = 2 * len(meths) + 8
-    bar = tqdm(total=steps, desc="validate", disable=quiet, file=sys.stderr)
-
-    def progress(step: str) -> None:
-        bar.set_description(step[:40])
-        bar.update(1)
-
-    try:
-        rep = validate(m, tokens, tgt, corrupted=corrupted, methods=meths, claims=claims, seed=seed,
-                       source_positions=source_positions, attention_mask=mask, model_name=model, progress=progress,
-                       **validate_kw)
-    finally:
-        bar.close()
-    rep.settings["task"] = task
-    rep.save(out)
-    return rep
+        try:
+            rep = validate(m, tokens, tgt, corrupted=corrupted, methods=meths, claims=claims, seed=seed,
+                           source_positions=source_positions, attention_mask=mask, model_name=model, progress=progress,
+                           **validate_kw)
+        finally:
+            bar.close()
+        rep.settings["task"] = task
+        rep.save(out)
+        return rep
 
 
 def print_summary(rep: Any, out: str | Path) -> None:

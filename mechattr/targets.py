@@ -27,7 +27,14 @@ from mechattr.positions import (  # noqa: F401,E402
     resolve_positions,
 )
 from mechattr.runtime.arch import supports_start_at_layer
-from mechattr.runtime.readout import final_logits, logits_at, unembed  # noqa: F401 (re-exported)
+from mechattr.runtime.readout import (  # noqa: F401 (re-exported)
+    final_logits,
+    forward_to_readout,
+    logits_at,
+    logits_checking_readout,
+    readout_live,
+    unembed,
+)
 
 
 def _as_ids(token_ids: Any, name: str = "token_ids") -> Tensor:
@@ -353,8 +360,10 @@ def run_target(
 ) -> Float[Tensor, " rows"]:
     """Forward ``inp`` (tokens, or a residual with ``start_at_layer``) and evaluate ``target``.
 
-    For a :class:`Target` on a HookedTransformer, the final LayerNorm and the unembedding
-    are computed only at the positions the target reads. ``attention_mask`` is per example
+    For a :class:`Target` the unembedding (and, on a HookedTransformer, the final norm) is
+    computed only at the positions the target reads — on a bridge where
+    :func:`mechattr.runtime.readout.readout_live` says that reproduces its logits.
+    ``attention_mask`` is per example
     (``[n_examples, pos]``) or per row. Rows are variant-major (see :func:`target_values`).
     """
     rows, n_pos = inp.shape[0], inp.shape[1]
@@ -372,5 +381,14 @@ def run_target(
         t = target if rows == n else target.take(torch.arange(rows, device=resid.device) % n)
         idx = t.positions(rows, n_pos, mask_rows, resid.device)
         return t.from_selected(logits_at(model, resid, idx)).float()
+    if isinstance(target, Target) and start_at_layer is None:  # a bridge (or other model)
+        t = target if rows == n else target.take(torch.arange(rows, device=inp.device) % n)
+        idx = t.positions(rows, n_pos, mask_rows, inp.device)
+        if readout_live(model):  # no unembedding of the positions the target does not read
+            resid = forward_to_readout(model, inp, **kw)
+            sel = resid.gather(1, idx[:, :, None].expand(-1, -1, resid.shape[-1]))
+            return t.from_selected(unembed(model, sel)).float()
+        logits = logits_checking_readout(model, inp, idx, **kw)
+        return t.from_selected(logits.gather(1, idx[:, :, None].expand(-1, -1, logits.shape[-1]))).float()
     logits = model(inp, **kw)
     return target_values(target, logits, attention_mask, n_examples=n)

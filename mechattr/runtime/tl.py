@@ -54,7 +54,7 @@ def require_hooked(what: str) -> Any:
         raise RuntimeError(
             f"{what} needs TransformerLens's HookedTransformer, which TransformerLens "
             f"{TL_VERSION} no longer has; use a TransformerBridge (load_model(..., bridge=True)) "
-            f"or install transformer-lens>=3,<4"
+            f"or install transformer-lens>=3.9,<4"
         )
     return HookedTransformer
 

@@ -1,7 +1,8 @@
 """Shipped model organisms: small transformers with known circuits, their tasks and cards.
 
-``names()`` lists them; ``load(name)`` returns a ``HookedTransformer`` (eval mode, word-level
-tokenizer attached) from the safetensors shipped in ``weights/``; ``task(name).sample(n,
+``names()`` lists them; ``load(name)`` returns a ``HookedTransformer`` on TransformerLens 3
+(a ``TransformerBridge`` with the same logits on 4; eval mode, word-level tokenizer
+attached) from the safetensors shipped in ``weights/``; ``task(name).sample(n,
 seed)`` draws a seeded :class:`TaskBatch`; ``card(name)`` is the model card and
 ``circuit(name)`` its circuit as parsed components; ``train(name, steps=...)`` retrains one
 from scratch (``scripts/train_organisms.py`` writes weights and cards). Nothing is downloaded.

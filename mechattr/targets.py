@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechattr.checks import check_finite, check_target_rows  # noqa: F401 (re-exported)
 from mechattr.positions import (  # noqa: F401,E402
     PosSpec,
     check_not_padding,
@@ -311,16 +312,6 @@ continuation_logprob = sequence_logprob
 
 
 # ---------------------------------------------------------------------------- evaluation
-def check_finite(values: Tensor, what: str = "target") -> Tensor:
-    """Raise ``ValueError`` if ``values`` holds NaN or inf."""
-    if not torch.isfinite(values).all():
-        idx = (~torch.isfinite(values)).nonzero()
-        bad = idx.flatten().tolist() if values.ndim <= 1 else [tuple(i) for i in idx.tolist()]
-        where = "rows" if values.ndim <= 1 else "indices"
-        raise ValueError(f"{what} is NaN or infinite at {where} {bad[:10]}; check the model, inputs and target")
-    return values
-
-
 def target_values(target: Callable, logits: Tensor, attention_mask: Tensor | None = None, *, n_examples: int | None = None) -> Float[Tensor, " rows"]:
     """Evaluate ``target`` on full logits of a stacked batch (rows variant-major).
 
@@ -330,6 +321,8 @@ def target_values(target: Callable, logits: Tensor, attention_mask: Tensor | Non
     """
     rows = logits.shape[0]
     n = n_examples or rows
+    if isinstance(target, Target) and rows == n:
+        check_target_rows(target, n)
     if rows % n:
         raise ValueError(f"{rows} stacked rows are not a multiple of {n} examples")
     if isinstance(target, Target):
@@ -368,6 +361,8 @@ def run_target(
     """
     rows, n_pos = inp.shape[0], inp.shape[1]
     n = n_examples or rows
+    if rows == n:
+        check_target_rows(target, n)
     mask_rows = None
     if attention_mask is not None:
         mask_rows = attention_mask if attention_mask.shape[0] == rows else attention_mask.repeat(rows // n, 1)

@@ -23,7 +23,7 @@ from mechattr.attribution.paths import default_batch_size
 from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import cache_activations
 from mechattr.runtime.chunks import row_chunks
-from mechattr.targets import Target, check_finite, run_target
+from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 Hook = tuple[str, Callable]
 
@@ -90,6 +90,7 @@ def zero_pads(name: str, x: Tensor, mask: Tensor | None) -> Tensor:
 
 def run_rows(model: Any, toks: Tensor, mask: Tensor | None, target: Callable, ex: Tensor, hooks: Sequence[Hook]) -> Tensor:
     """Target values ``[rows]`` for the examples ``ex`` (rows may repeat examples)."""
+    check_target_rows(target, toks.shape[0])
     t = target.take(ex.to(toks.device)) if isinstance(target, Target) else target
     m = None if mask is None else mask[ex]
     n_ex = None if isinstance(target, Target) else toks.shape[0]

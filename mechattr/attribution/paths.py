@@ -36,7 +36,7 @@ from mechattr.runtime.arch import arch, supports_start_at_layer
 from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import hook_layer
 from mechattr.runtime.chunks import check_batch_size, grad_rows, row_chunks
-from mechattr.targets import Target, check_finite, run_target
+from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 __all__ = ["SCHEDULES", "ConvergenceWarning", "PathIntegral", "convergence_report", "default_batch_size", "evaluate_at_hook", "hook_layer", "path_integral", "schedule"]
 
@@ -239,6 +239,7 @@ def path_integral(
     _check_batch_size(batch_size)
     with model_guard(model):
         batch = prepare_tokens(model, tokens, attention_mask)
+        check_target_rows(target, batch.shape[0])
         toks, mask = batch.tokens, batch.attention_mask
         n, dev = toks.shape[0], model_device(model)
         plan = _Plan(model, toks, mask, hook_name)
@@ -349,6 +350,7 @@ def evaluate_at_hook(
         raise ValueError(f"n_variants must be a positive int, got {n_variants!r}")
     with model_guard(model):
         batch = prepare_tokens(model, tokens, attention_mask)
+        check_target_rows(target, batch.shape[0])
         plan = _Plan(model, batch.tokens, batch.attention_mask, hook_name)
         plan.capture()
         x = plan.clean_act

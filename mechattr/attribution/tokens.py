@@ -22,7 +22,7 @@ from mechattr.attribution.paths import PathIntegral, path_integral
 from mechattr.inputs import Batch, prepare_tokens
 from mechattr.model import model_guard
 from mechattr.registry import Registry
-from mechattr.targets import Target, last_positions
+from mechattr.targets import Target, check_target_rows, last_positions
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,7 @@ def attribute_tokens(
     red = (reduction or spec.reduction) if spec.per_dim else None
     with model_guard(model):
         batch = prepare_tokens(model, tokens, attention_mask)
+        check_target_rows(target, batch.shape[0])
         real, excl = _exclusions(model, batch, exclude_bos, exclude_tokens)
         from mechattr.attribution.result import str_tokens_of
 

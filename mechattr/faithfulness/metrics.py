@@ -36,7 +36,7 @@ from mechattr.faithfulness.removal import (
 )
 from mechattr.inputs import Batch, prepare_tokens
 from mechattr.model import model_guard
-from mechattr.targets import LogitDiff, LogProb, _TokenTarget
+from mechattr.targets import LogitDiff, LogProb, _TokenTarget, check_target_rows
 
 
 # --------------------------------------------------------------------------- validation
@@ -164,6 +164,7 @@ def _setup(model: Any, tokens: Any, target: Any, scores: Any, k: Any, removal: A
     k = check_k(k)
     op = parse_removal(removal)
     batch = prepare_tokens(model, tokens, attention_mask)
+    check_target_rows(target, batch.shape[0])
     removable = removable_mask(model, batch, target, bos=bos)
     s = check_scores(scores, batch, removable) if scores is not None else None
     return k, op, batch, removable, s

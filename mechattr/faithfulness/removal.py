@@ -29,7 +29,7 @@ from torch import Tensor
 
 from mechattr.inputs import Batch
 from mechattr.runtime.chunks import row_chunks
-from mechattr.targets import Target, check_finite, run_target
+from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 
 class Removal(str, enum.Enum):
@@ -179,6 +179,7 @@ def perturbed_values(
     real = batch.mask_or_ones().bool().repeat(v, 1)
     keep_rows = keep.to(dev).reshape(rows, n) | ~real
     mask_rows = None if batch.attention_mask is None else batch.attention_mask.repeat(v, 1)
+    check_target_rows(target, b)
     full = target.take(ex)
     if op is Removal.DELETE:
         read = target_read_positions(full, Batch(tokens, mask_rows))

@@ -32,6 +32,7 @@ from mechattr.model import check_model, model_guard
 from mechattr.runtime.arch import arch
 from mechattr.runtime.attention import require_pattern_hooks
 from mechattr.runtime.cache import cache_pair
+from mechattr.targets import check_target_rows
 
 __all__ = ["Site", "Direction", "activation_patch", "path_patch"]
 
@@ -126,6 +127,7 @@ def activation_patch(
         if s is Site.MLP_OUT and model.cfg.attn_only:
             raise ValueError("site='mlp_out' but the model is attention-only (it has no MLPs)")
         c, x = prepare_pair(model, clean, corrupted, attention_mask)
+        check_target_rows(target, c.shape[0])
         base, src = (x, c) if d is Direction.DENOISE else (c, x)
         n_l, n_pos = model.cfg.n_layers, c.shape[1]
         hooks = [f"blocks.{layer}.{s.hook}" for layer in range(n_l)]

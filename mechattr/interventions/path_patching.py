@@ -60,7 +60,7 @@ from mechattr.runtime.arch import arch
 from mechattr.runtime.cache import cache_pair
 from mechattr.runtime.chunks import row_chunks
 from mechattr.runtime.tl import simple_attn_linear
-from mechattr.targets import Target, check_finite, target_values
+from mechattr.targets import Target, check_finite, check_target_rows, target_values
 
 QKV = ("q", "k", "v")
 
@@ -114,6 +114,7 @@ def path_patch(
     check_model(model)
     with model_guard(model), torch.no_grad():
         c, x = prepare_pair(model, clean, corrupted, attention_mask)
+        check_target_rows(target, c.shape[0])
         sends = parse_components(senders, model)
         recv = parse_receivers(model, receivers)
         n_l = model.cfg.n_layers

@@ -34,7 +34,7 @@ from mechattr.runtime.cache import LAYER_RE as _LAYER_RE
 from mechattr.runtime.cache import cache_activations as _cache
 from mechattr.runtime.chunks import max_rows
 from mechattr.runtime.hooks import hooked
-from mechattr.targets import Target, check_finite, run_target, target_values
+from mechattr.targets import Target, check_finite, check_target_rows, run_target, target_values
 
 
 class Mode(Enum):
@@ -214,6 +214,7 @@ def run_variants(
     """
     with model_guard(model), torch.no_grad():
         require_live(model, {e.hook for v in variants for e in v.edits}, "an intervention")
+        check_target_rows(target, tokens.shape[0])
         return _run_variants(model, tokens, variants, target, attention_mask, batch_size, base_cache)
 
 

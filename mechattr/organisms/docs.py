@@ -14,7 +14,7 @@ the ground truth for tests, demos and faithfulness tables. Nothing is downloaded
 
 ```python
 from mechattr import organisms
-model = organisms.load("induction")            # HookedTransformer, eval mode, tokenizer attached
+model = organisms.load("induction")            # HookedTransformer (TL 3) or TransformerBridge (TL 4), eval mode, tokenizer attached
 batch = organisms.task("induction").sample(256, seed=0)
 batch.tokens, batch.answers, batch.corrupted, batch.corrupted_answers
 batch.target                                   # targets.logit(answers, pos=-1)

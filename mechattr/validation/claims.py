@@ -23,7 +23,7 @@ from mechattr.runtime.arch import arch
 from mechattr.runtime.cache import cache_activations
 from mechattr.runtime.chunks import row_chunks
 from mechattr.runtime.hooks import hooked
-from mechattr.targets import Target, run_target
+from mechattr.targets import Target, check_target_rows, run_target
 
 CONFIRMED, NOT_CONFIRMED, UNTESTED = "confirmed", "not confirmed", "untested"
 
@@ -151,6 +151,7 @@ def edge_effects(
     s_rows = src.to(dev).reshape(rows)
     q_rows = q.to(dev).repeat(v_n)
     ex = torch.arange(rows, device=dev) % b
+    check_target_rows(target, b)
     pre = f"blocks.{layer}.attn."
     with torch.no_grad():
         clean = run_target(model, batch.tokens, target, attention_mask=batch.attention_mask).mean()

@@ -37,15 +37,71 @@ class Batch:
         return self.attention_mask
 
 
-def _tokenize(model: Any, texts: list[str], padding_side: str | None, prepend_bos: bool | None) -> tuple[Tensor, Tensor | None]:
-    if getattr(model, "tokenizer", None) is None:
+def unknown_words(tokenizer: Any, texts: list[str]) -> list[str]:
+    """Words of ``texts`` the tokenizer cannot represent (sorted, unique).
+
+    Word-level vocabularies: every whitespace/pre-tokenizer word not in the vocabulary
+    (their unknown token may even be BOS, as for the organisms). Other tokenizers with an
+    unknown token of its own: the text spans encoded as that token. Byte-level BPE has none.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "WordLevel":
+        vocab = tokenizer.get_vocab()
+        pre = backend.pre_tokenizer
+        words = [w for t in texts for w, _ in (pre.pre_tokenize_str(t) if pre is not None else [(x, None) for x in t.split()])]
+        return sorted({w for w in words if w not in vocab})
+    unk = getattr(tokenizer, "unk_token_id", None)
+    specials = {getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
+    if unk is None or unk in specials:
+        return []
+    out = set()
+    for t in texts:
+        enc = tokenizer(t, add_special_tokens=False, return_offsets_mapping=True)
+        out |= {t[a:b] for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk}
+    return sorted(out)
+
+
+def to_tokens(model: Any, texts: str | list[str], *, unknown_token_id: int | None = None, **kw: Any) -> Tensor:
+    """``model.to_tokens(texts, **kw)`` that refuses words the tokenizer does not know.
+
+    An unknown word is a ``ValueError`` listing them, unless ``unknown_token_id`` opts in:
+    then each unknown word becomes that token (word-level vocabularies: the word is replaced
+    before tokenizing; other tokenizers: their unknown-token id is replaced after).
+    """
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
         raise ValueError("the model has no tokenizer; pass token ids instead of strings")
+    batch = [texts] if isinstance(texts, str) else list(texts)
+    unknown = unknown_words(tok, batch)
+    if unknown and unknown_token_id is None:
+        shown = ", ".join(repr(w) for w in unknown[:20]) + (" …" if len(unknown) > 20 else "")
+        raise ValueError(
+            f"{len(unknown)} word(s) not in the model's vocabulary: {shown}; fix the text, or pass "
+            f"unknown_token_id=<id> (to prepare_tokens / to_tokens) to map them to that token"
+        )
+    backend = getattr(tok, "backend_tokenizer", None)
+    word_level = backend is not None and type(backend.model).__name__ == "WordLevel"
+    if unknown and word_level:
+        vocab_size = len(tok.get_vocab())
+        if not 0 <= int(unknown_token_id) < vocab_size:  # type: ignore[arg-type]
+            raise ValueError(f"unknown_token_id {unknown_token_id} outside the vocabulary 0..{vocab_size - 1}")
+        word = tok.convert_ids_to_tokens(int(unknown_token_id))  # type: ignore[arg-type]
+        bad = set(unknown)
+        pre = backend.pre_tokenizer
+        batch = [" ".join(word if w in bad else w for w, _ in pre.pre_tokenize_str(t)) for t in batch]
+    tokens = model.to_tokens(batch if not isinstance(texts, str) else batch[0], **kw)
+    if unknown and not word_level:
+        tokens = torch.where(tokens == tok.unk_token_id, torch.full_like(tokens, int(unknown_token_id)), tokens)  # type: ignore[arg-type]
+    return tokens
+
+
+def _tokenize(model: Any, texts: list[str], padding_side: str | None, prepend_bos: bool | None, unknown_token_id: int | None = None) -> tuple[Tensor, Tensor | None]:
     kw: dict[str, Any] = {}
     if padding_side is not None:
         kw["padding_side"] = padding_side
     if prepend_bos is not None:
         kw["prepend_bos"] = prepend_bos
-    tokens = model.to_tokens(texts, **kw)
+    tokens = to_tokens(model, texts, unknown_token_id=unknown_token_id, **kw)
     mask = None
     if len(texts) > 1:
         from mechattr.runtime.tl import get_attention_mask
@@ -66,12 +122,15 @@ def prepare_tokens(
     padding_side: str | None = None,
     prepend_bos: bool | None = None,
     name: str = "tokens",
+    unknown_token_id: int | None = None,
 ) -> Batch:
     """Validate and move inputs to the model's device.
 
     ``tokens``: an int tensor ``[batch, pos]`` or ``[pos]``, a string, or a list of strings
     (tokenized with the model's tokenizer; padded batches get an attention mask).
     ``attention_mask``: optional ``[batch, pos]`` of 0/1 (or bool), with left or right padding.
+    Words the tokenizer does not know are a ``ValueError`` listing them unless
+    ``unknown_token_id`` maps them to that token (:func:`to_tokens`).
     """
     if isinstance(tokens, Batch):
         return tokens
@@ -80,7 +139,7 @@ def prepare_tokens(
     if isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens):
         if padding_side not in (None, "left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        tokens, auto_mask = _tokenize(model, list(tokens), padding_side, prepend_bos)
+        tokens, auto_mask = _tokenize(model, list(tokens), padding_side, prepend_bos, unknown_token_id)
         if attention_mask is None:
             attention_mask = auto_mask
     if isinstance(tokens, (list, tuple)):

@@ -27,11 +27,13 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _answer_id(model, answer: str | None, logits) -> int:
+    from mechattr.inputs import to_tokens
+
     if answer is None:
         return int(logits[0, -1].argmax())
     if answer.lstrip("-").isdigit():
         return int(answer)
-    ids = model.to_tokens(answer, prepend_bos=False)[0]
+    ids = to_tokens(model, answer, prepend_bos=False)[0]
     if ids.numel() != 1:
         raise ValueError(f"--answer {answer!r} is {ids.numel()} tokens; give a single token (or its id)")
     return int(ids[0])
@@ -43,9 +45,10 @@ def attribute(args: argparse.Namespace) -> int:
 
     from mechattr import load_model, targets
     from mechattr.attribution.tokens import attribute_tokens
+    from mechattr.inputs import to_tokens
 
     model = load_model(args.model, device=args.device)
-    tokens = model.to_tokens(args.text)
+    tokens = to_tokens(model, args.text)
     with torch.no_grad():
         logits = model(tokens)
     ans = _answer_id(model, args.answer, logits)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mechattr import targets as T
-from mechattr.inputs import prepare_tokens
+from mechattr.inputs import prepare_tokens, to_tokens
 from mechattr.io import load_result, save_result, versions
 from mechattr.model import model_guard
 
@@ -127,7 +127,7 @@ def attribute_generation(
                 raise ValueError(f"the prompt already fills the context (n_ctx={model.cfg.n_ctx}); nothing to generate")
         else:
             if isinstance(continuation, str):
-                continuation = model.to_tokens(continuation, prepend_bos=False)
+                continuation = to_tokens(model, continuation, prepend_bos=False)
             gen = prepare_tokens(model, continuation, name="continuation").tokens
             if gen.shape[0] != 1:
                 raise ValueError("continuation must be one sequence")

@@ -58,7 +58,7 @@ def wrong_head(model: Any, organism: str, seed: int) -> str:
 
 def _prompt_inputs(model: Any, prompts: list[str], target: str | None, corrupt: list[str] | None) -> tuple[Any, Any, Any]:
     from mechattr import targets
-    from mechattr.inputs import prepare_tokens
+    from mechattr.inputs import prepare_tokens, to_tokens
 
     batch = prepare_tokens(model, prompts)
     if target is None:
@@ -71,7 +71,7 @@ def _prompt_inputs(model: Any, prompts: list[str], target: str | None, corrupt: 
     elif target.startswith("id:"):
         ids = torch.tensor(int(target[3:]))
     else:
-        tok = model.to_tokens(target, prepend_bos=False)[0]
+        tok = to_tokens(model, target, prepend_bos=False)[0]
         if len(tok) != 1:
             raise ValueError(f"--target {target!r} is {len(tok)} tokens; give a single token (or id:<n>)")
         ids = tok[0]

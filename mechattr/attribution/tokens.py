@@ -10,6 +10,7 @@ point. Results are :class:`~mechattr.attribution.result.TokenAttribution` (CPU, 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -213,7 +214,9 @@ def attribute_tokens(
         strs = str_tokens_of(model, batch)
         spans = span_masks(segments, strs, real, excl) if segments is not None else None
         embeds = _clean_embeds(model, batch)
-        ctx = Ctx(model, batch, target, real, excl, embeds, baseline, n_steps, batch_size, seed, target_positions(target, batch, target_pos), spans)
+        tpos = target_positions(target, batch, target_pos)
+        ctx = Ctx(model, batch, target, real, excl, embeds, baseline, n_steps, batch_size, seed, tpos, spans)
+        nothing = _nothing_to_attribute(tpos, excl, real)
         out = spec.fn(ctx, **method_kwargs)
         attr = out.attr.float()
         if spec.per_dim:
@@ -233,6 +236,12 @@ def attribute_tokens(
             from mechattr.convergence import convergence_report
 
             settings["completeness"] = convergence_report(out.delta, out.f_input - out.f_baseline, f"attribute_tokens(method={method!r})")
+        if nothing:
+            msg = (f"rows {nothing[:10]}: the target reads position(s) at or before which every token is "
+                   f"excluded (BOS, padding, exclude_tokens), so every score there is 0 by construction, "
+                   f"not a finding; read a later position or set exclude_bos=False")
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            settings["warnings"] = [msg]
         res = TokenAttribution.build(
             scores=scores, tokens=batch.tokens, attention_mask=batch.attention_mask, str_tokens=strs,
             method=method, settings=settings, convergence_delta=out.delta, f_input=out.f_input,
@@ -241,6 +250,13 @@ def attribute_tokens(
         if spans is not None:
             res = res.aggregate(spans, windows=out.windows)
         return res
+
+
+def _nothing_to_attribute(tpos: Tensor, excl: Tensor, real: Tensor) -> list[int]:
+    """Rows whose target position sees no attributable token (all excluded up to it)."""
+    upto = torch.arange(excl.shape[1], device=excl.device)[None] <= tpos.to(excl.device)[:, None]
+    free = (upto & real.bool() & ~excl.bool()).any(-1)
+    return (~free).nonzero().flatten().tolist()
 
 
 def _clean_embeds(model: Any, batch: Batch) -> Tensor:

@@ -54,6 +54,6 @@ def test_opt_in_maps_unknown_words_to_the_given_token(ioi):
 def test_any_hf_word_level_tokenizer_is_checked(tiny_hf_dir):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_hf_dir, local_files_only=True)
     assert unknown_words(tok, ["w1 w2"]) == []
     assert unknown_words(tok, ["w1 zzz w2", "yy"]) == ["yy", "zzz"]

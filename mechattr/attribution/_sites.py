@@ -22,7 +22,7 @@ from torch import Tensor
 from mechattr.attribution.paths import default_batch_size
 from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import cache_activations
-from mechattr.runtime.chunks import row_chunks
+from mechattr.runtime.chunks import check_batch_size, row_chunks
 from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 Hook = tuple[str, Callable]
@@ -37,8 +37,7 @@ def chunks(n: int, size: int) -> Iterator[Tensor]:
 def row_size(model: Any, toks: Tensor, target: Callable, batch_size: int | None, per_row: int = 1) -> int:
     """Rows per forward: ``batch_size`` (default: the path engine's estimate); a plain
     callable target needs whole batches, so it gets every row at once."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int (rows per forward pass) or None, got {batch_size!r}")
+    check_batch_size(batch_size)
     n = toks.shape[0]
     if not isinstance(target, Target):
         return n * per_row

@@ -15,7 +15,7 @@ them in chunks of ``batch_size`` rows per forward+backward.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,10 +75,6 @@ class PathIntegral:
 def default_batch_size(model: Any, n_pos: int) -> int:
     """Rows per forward+backward (:func:`mechattr.runtime.chunks.grad_rows`)."""
     return grad_rows(model, n_pos)
-
-
-def _check_batch_size(batch_size: Any) -> None:
-    check_batch_size(batch_size)
 
 
 class _Plan:
@@ -195,10 +191,6 @@ def _as_baseline(baseline: Any, x: Tensor) -> Tensor:
     return b
 
 
-def _chunks(rows: int, size: int) -> Iterator[slice]:
-    return row_chunks(rows, size)
-
-
 # ------------------------------------------------------------------------------ engine
 def path_integral(
     model: Any,
@@ -236,7 +228,7 @@ def path_integral(
     """
     if not callable(target):
         raise TypeError(f"target must be callable (logits [batch, pos, vocab] -> [batch]); got {type(target).__name__}")
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     with model_guard(model):
         batch = prepare_tokens(model, tokens, attention_mask)
         check_target_rows(target, batch.shape[0])
@@ -269,7 +261,7 @@ def path_integral(
         G = torch.zeros((R, n, *x.shape[1:]), dtype=torch.float32, device=dev)
         f_path = torch.zeros(R, S, n, dtype=torch.float32, device=dev)
         xf, bf = x.float(), b.float()
-        for sl in _chunks(rows, size):
+        for sl in row_chunks(rows, size):
             r, s, e = r_of[sl], s_of[sl], e_of[sl]
             a_ = al[r, s, e].float().view(-1, *([1] * (x.ndim - 1)))
             act = (bf[r, e] + a_ * (xf[e] - bf[r, e])).to(x.dtype)
@@ -321,7 +313,7 @@ def _evaluate(plan: _Plan, target: Callable, make_act: Callable[[Tensor, Tensor]
     rows = torch.arange(n_variants * n, device=plan.tokens.device)
     out = []
     with torch.no_grad():
-        for sl in _chunks(rows.shape[0], size):
+        for sl in row_chunks(rows.shape[0], size):
             v, e = rows[sl] // n, rows[sl] % n
             out.append(plan.run(make_act(v, e), e, target, n if plain else None).float())
     return torch.cat(out).view(n_variants, n)
@@ -345,7 +337,7 @@ def evaluate_at_hook(
     example indices of the chunk), in chunks of ``batch_size`` rows. Used for occlusion and
     removal metrics. Returns ``[n_variants, batch]`` float32.
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if isinstance(n_variants, bool) or not isinstance(n_variants, int) or n_variants < 1:
         raise ValueError(f"n_variants must be a positive int, got {n_variants!r}")
     with model_guard(model):

@@ -23,6 +23,7 @@ from mechattr.attribution.paths import PathIntegral, path_integral
 from mechattr.inputs import Batch, prepare_tokens
 from mechattr.model import model_guard
 from mechattr.registry import Registry
+from mechattr.runtime.chunks import check_batch_size
 from mechattr.targets import Target, check_target_rows, last_positions
 
 
@@ -198,8 +199,7 @@ def attribute_tokens(
     _check_options(method, spec.fn, method_kwargs)
     if n_steps is not None and (isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1):
         raise ValueError(f"n_steps must be an int ≥ 1, got {n_steps!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int (rows per forward pass) or None, got {batch_size!r}")
+    check_batch_size(batch_size)
     if reduction is not None and reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; allowed: {list(REDUCTIONS)} (or None for the method's default)")
     if reduction is not None and not spec.per_dim:

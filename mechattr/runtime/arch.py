@@ -14,13 +14,11 @@ hold ``n_kv_heads`` heads while ``hook_q``, ``hook_z`` and the pattern hold ``n_
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from mechattr.runtime.memo import per_model
 from mechattr.runtime.tl import TL_MAJOR, is_bridge, is_hooked
-
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -101,10 +99,6 @@ class Arch:
         first norm divides by ~0, the target is chaotic as α → 0 and IG does not converge)."""
         return "zero" if self.positional == "standard" else "mean"
 
-    @property
-    def rmsnorm(self) -> bool:
-        return self.norm in ("RMS", "RMSPre")
-
     def summary(self) -> dict:
         """JSON-able description (for provenance and reports)."""
         return {
@@ -149,12 +143,9 @@ def _embed_norm(model: Any, name: str) -> bool:
     return any(n.endswith(("word_embeddings_layernorm", "embed_ln", "embed.ln")) for n, _ in model.named_modules())
 
 
+@per_model
 def arch(model: Any) -> Arch:
     """The :class:`Arch` of ``model`` (computed once per model object)."""
-    try:
-        return _CACHE[model]
-    except (KeyError, TypeError):
-        pass
     if not (is_hooked(model) or is_bridge(model)):
         raise TypeError(f"expected a transformer_lens HookedTransformer or TransformerBridge, got {type(model).__name__}")
     cfg = model.cfg
@@ -164,7 +155,7 @@ def arch(model: Any) -> Arch:
     if getattr(cfg, "ungroup_grouped_query_attention", False):
         n_kv = n_heads
     hook_dict = getattr(model, "hook_dict", None) or {}
-    a = Arch(
+    return Arch(
         kind="hooked" if is_hooked(model) else "bridge",
         tl_major=TL_MAJOR,
         architecture=name,
@@ -186,11 +177,6 @@ def arch(model: Any) -> Arch:
         logit_soft_cap=_cap(getattr(cfg, "output_logits_soft_cap", None)),
         hook_names=frozenset(hook_dict),
     )
-    try:
-        _CACHE[model] = a
-    except TypeError:  # pragma: no cover - unhashable module
-        pass
-    return a
 
 
 def check_model(model: Any) -> None:

@@ -23,11 +23,11 @@ softmax) and one on ``hook_pattern`` that zeroes them again: the forward pass is
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 
+from mechattr.runtime.memo import per_model
 from mechattr.runtime.tl import is_bridge
 
 try:
@@ -77,9 +77,7 @@ def require_pattern_hooks(model: Any, what: str, *, scores: bool = False) -> Non
     )
 
 
-_RESID_MID: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
+@per_model
 def resid_mid_live(model: Any) -> bool:
     """Whether an edit at ``blocks.L.hook_resid_mid`` reaches the residual stream (the skip
     connection around the MLP), not only the MLP's input — TransformerLens's native
@@ -88,10 +86,6 @@ def resid_mid_live(model: Any) -> bool:
     ``hook_resid_post`` must move by exactly 1."""
     if not is_bridge(model):
         return True
-    try:
-        return _RESID_MID[model]
-    except (KeyError, TypeError):
-        pass
     from mechattr.runtime.arch import arch
     from mechattr.runtime.cache import cache_activations
     from mechattr.runtime.device import model_device
@@ -105,10 +99,6 @@ def resid_mid_live(model: Any) -> bool:
         hold = [(names[0], lambda act, hook: act + 1.0), (names[1], lambda act, hook: clean[names[1]].to(act.dtype))]
         edited = cache_activations(model, toks, names[2:], fwd_hooks=hold)[names[2]]
         live = bool(torch.allclose(edited - clean[names[2]], torch.ones_like(edited), atol=1e-3))
-    try:
-        _RESID_MID[model] = live
-    except TypeError:  # pragma: no cover
-        pass
     return live
 
 

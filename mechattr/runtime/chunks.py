@@ -21,7 +21,7 @@ CPU_CHUNK_FLOATS = 2**19
 def check_batch_size(batch_size: Any) -> None:
     """``ValueError`` unless ``batch_size`` is ``None`` or a positive int."""
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        raise ValueError(f"batch_size must be a positive int (rows per forward pass) or None, got {batch_size!r}")
 
 
 def max_rows(model: Any, n_pos: int, batch_size: int | None, device: torch.device | str) -> int:

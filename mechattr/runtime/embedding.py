@@ -16,13 +16,9 @@ import torch
 from torch import Tensor
 
 from mechattr.runtime.device import model_device
-from mechattr.runtime.hooks import hooked
+from mechattr.runtime.hooks import forward_until
 
 _CHUNK = 4096
-
-
-class _Stop(Exception):
-    """Raised from the ``hook_embed`` hook to end the forward there."""
 
 
 def embed_tokens(model: Any, ids: Tensor) -> Tensor:
@@ -36,20 +32,8 @@ def embed_tokens(model: Any, ids: Tensor) -> Tensor:
     uniq, inverse = torch.unique(flat, return_inverse=True)
     out = []
     for chunk in uniq.split(_CHUNK):
-        store: dict[str, Tensor] = {}
-
-        def grab(act: Tensor, hook: Any = None, store: dict = store) -> Tensor:
-            store["e"] = act.detach()
-            raise _Stop
-
-        try:
-            with torch.no_grad(), hooked(model, [("hook_embed", grab)]):
-                model(chunk[:, None])
-        except _Stop:
-            pass
-        if "e" not in store:  # pragma: no cover - a model without hook_embed
-            raise ValueError("the model has no hook_embed hook point; token embeddings are undefined")
-        out.append(store["e"][:, 0])
+        with torch.no_grad():
+            out.append(forward_until(model, chunk[:, None], "hook_embed")[:, 0].detach())
     emb = torch.cat(out) if out else torch.zeros(0, int(model.cfg.d_model), device=flat.device)
     return emb[inverse].reshape(*ids.shape, emb.shape[-1])
 

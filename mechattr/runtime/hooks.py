@@ -52,3 +52,26 @@ def library_hook_ids(model: Any) -> set[int]:
         for d in (m._forward_hooks, m._forward_pre_hooks):
             ids.update(k for k, fn in d.items() if str(getattr(fn, "__module__", "") or "").startswith("transformers."))
     return ids
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass there."""
+
+
+def forward_until(model: Any, inp: Any, hook_name: str, **kw: Any) -> Any:
+    """The activation at ``hook_name`` of ``model(inp, **kw)``, ending the forward there (no
+    later layer runs); gradients flow through it. ``ValueError`` if the hook never fires."""
+    store: dict[str, Any] = {}
+
+    def grab(act: Any, hook: Any = None) -> Any:
+        store["x"] = act
+        raise _Stop
+
+    try:
+        with hooked(model, [(hook_name, grab)]):
+            model(inp, **kw)
+    except _Stop:
+        pass
+    if "x" not in store:
+        raise ValueError(f"the model has no hook point {hook_name!r} (it never fired)")
+    return store["x"]

@@ -15,7 +15,6 @@ so and callers raise a clear error.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +23,7 @@ import torch
 from mechattr.runtime.arch import arch
 from mechattr.runtime.cache import cache_activations
 from mechattr.runtime.device import model_device
-
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+from mechattr.runtime.memo import per_model
 
 
 @dataclass(frozen=True)
@@ -72,12 +70,9 @@ def _fit(q: torch.Tensor, k: torch.Tensor, pattern: torch.Tensor) -> float | Non
     return scale if float(err) <= 1e-3 * (1.0 + float(y.abs().max())) else None
 
 
+@per_model
 def qk_layout(model: Any) -> QKLayout:
     """Measure, per layer, hooks ``(q, k)`` and ``scale`` with ``scores = q·k / scale``."""
-    try:
-        return _CACHE[model]
-    except (KeyError, TypeError):
-        pass
     a = arch(model)
     n = max(2, min(8, a.n_ctx))
     g = torch.Generator().manual_seed(0)
@@ -109,9 +104,4 @@ def qk_layout(model: Any) -> QKLayout:
             ks.append(found[1])
             scales.append(found[2])
             why.append("")
-    out = QKLayout(tuple(qs), tuple(ks), tuple(scales), tuple(why))
-    try:
-        _CACHE[model] = out
-    except TypeError:  # pragma: no cover
-        pass
-    return out
+    return QKLayout(tuple(qs), tuple(ks), tuple(scales), tuple(why))

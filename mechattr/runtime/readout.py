@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechattr.runtime.hooks import forward_until
 from mechattr.runtime.tl import is_bridge
 
 
@@ -51,27 +52,10 @@ READOUT_HOOK = "unembed.hook_in"
 _LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-class _Stop(Exception):
-    """Raised from the readout hook to end a bridge's forward there."""
-
-
 def forward_to_readout(model: Any, inp: Tensor, **kw: Any) -> Tensor:
     """The unembedding's input ``[rows, pos, d_model]`` of a bridge's forward on ``inp``
     (tokens), without computing the unembedding; gradients flow through it."""
-    store: dict[str, Tensor] = {}
-
-    def grab(act: Tensor, hook: Any = None) -> Tensor:
-        store["x"] = act
-        raise _Stop
-
-    try:
-        with model.hooks(fwd_hooks=[(READOUT_HOOK, grab)]):
-            model(inp, **kw)
-    except _Stop:
-        pass
-    if "x" not in store:  # pragma: no cover - checked by readout_live
-        raise RuntimeError(f"{READOUT_HOOK} did not fire")
-    return store["x"]
+    return forward_until(model, inp, READOUT_HOOK, **kw)
 
 
 def readout_live(model: Any) -> bool | None:

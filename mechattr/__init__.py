@@ -12,7 +12,19 @@ from typing import Any
 __version__ = "0.1.0"
 
 from mechattr import targets
-from mechattr.components import MLP, Head, all_heads, all_mlps, parse_component, parse_components
+from mechattr.components import (
+    MLP,
+    Edge,
+    Head,
+    Input,
+    Logits,
+    all_heads,
+    all_mlps,
+    model_edges,
+    parse_component,
+    parse_components,
+    parse_edge,
+)
 from mechattr.inputs import Batch, prepare_tokens
 from mechattr.model import ModelNotFoundError, load_model, model_guard
 
@@ -35,10 +47,16 @@ _LAZY = {
     "ablation_scan": "mechattr.interventions.ablation",
     "activation_patch": "mechattr.interventions.patching",
     "path_patch": "mechattr.interventions.patching",
+    "attribute_edges": "mechattr.circuits",
+    "discover_circuit": "mechattr.circuits",
+    "evaluate_circuit": "mechattr.circuits",
+    "faithfulness_curve": "mechattr.circuits",
+    "Circuit": "mechattr.circuits",
+    "EdgeScores": "mechattr.circuits",
     "validate": "mechattr.validation",
     "ValidationReport": "mechattr.validation",
 }
-_SUBMODULES = ("organisms", "faithfulness", "attribution", "interventions", "graph", "validation", "report")
+_SUBMODULES = ("organisms", "faithfulness", "attribution", "interventions", "circuits", "graph", "validation", "report")
 
 
 def __getattr__(name: str) -> Any:
@@ -62,6 +80,11 @@ __all__ = [
     "all_mlps",
     "parse_component",
     "parse_components",
+    "Edge",
+    "Input",
+    "Logits",
+    "model_edges",
+    "parse_edge",
     "Batch",
     "prepare_tokens",
     "load_model",

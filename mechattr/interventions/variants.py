@@ -38,12 +38,14 @@ from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 
 class Mode(Enum):
-    """What an edit writes: zeros, a reference mean, resampled reference rows, or a patch."""
+    """What an edit writes: zeros, a reference mean, resampled reference rows, a patch, or
+    the activation plus a difference (``ADD``: row ``b`` gets ``values[b]`` added)."""
 
     ZERO = "zero"
     MEAN = "mean"
     RESAMPLE = "resample"
     PATCH = "patch"
+    ADD = "add"
 
     @classmethod
     def parse(cls, mode: Any, allowed: Sequence[Mode] | None = None) -> Mode:
@@ -106,7 +108,8 @@ def intervene(act: Tensor, rows: slice, edit: Edit, pos_idx: Tensor | None = Non
     """The one intervention core: ``act[rows][edit.index] ← values`` (in place).
 
     By ``edit.mode``: ``ZERO`` writes 0; ``MEAN`` broadcasts its single row of values;
-    ``RESAMPLE`` and ``PATCH`` write values row ``b`` into example ``b``.
+    ``RESAMPLE`` and ``PATCH`` write values row ``b`` into example ``b``; ``ADD`` adds values
+    row ``b`` (or a single broadcast row) to example ``b``.
     ``rows`` is a block of ``B`` rows, one per example. ``pos_idx`` (``[B, k]``),
     when given, says the activation holds only positions ``pos_idx`` of each row (the
     last block at the target's positions, of a sequence of ``n_pos``); the edit then
@@ -114,6 +117,9 @@ def intervene(act: Tensor, rows: slice, edit: Edit, pos_idx: Tensor | None = Non
     """
     if pos_idx is None:
         sel = (rows, *edit.index)
+        if edit.mode is Mode.ADD:
+            act[sel] = act[sel] + edit.values[(slice(None), *edit.index)].to(act.device, act.dtype)  # type: ignore[index]
+            return
         act[sel] = 0.0 if edit.values is None else edit.values[(slice(None), *edit.index)].to(act.dtype)
         return
     block = act[rows]
@@ -130,6 +136,8 @@ def intervene(act: Tensor, rows: slice, edit: Edit, pos_idx: Tensor | None = Non
         v = edit.values.to(act.device, act.dtype)
         v = v.expand(block.shape[0], *v.shape[1:]) if v.shape[0] == 1 else v
         new = _gather_pos(v, pos_idx, ax)
+        if edit.mode is Mode.ADD:
+            new = block + new
     act[rows] = torch.where(g, new, block)
 
 
@@ -168,6 +176,7 @@ class _Chunk:
 
         def hook(act: Tensor, hook: Any = None) -> Tensor:
             sub = self.pos_idx if name in self.sub_hooks else None
+            act = act.clone()  # a bridge may hand a hook the residual itself (hook_mlp_in): never edit it in place
             for j, e in edits:
                 rows = slice(j * b, (j + 1) * b)
                 intervene(act, rows, e, None if sub is None else sub[rows], self.n_pos)

@@ -1,0 +1,308 @@
+"""Edge attribution: a score for every edge of a model's graph (EAP, EAP-IG, exact).
+
+Every score estimates the same quantity, the *edge effect*: the change of the batch-mean
+target when only edge ``s → r`` is patched (receiver ``r``'s input sees sender ``s``'s
+reference output ``ref_s``, :mod:`mechattr.interventions.edges`). With ``Δ_s = ref_s −
+a_s^clean`` (summed over batch, positions and ``d_model``; ``g_r = ∂(batch-mean
+target)/∂x_r``, the gradient at receiver ``r``'s own input):
+
+- ``exact``: the edge effect itself, every edge patched alone, batched on the variant engine;
+- ``eap`` (Syed et al. 2023, *Attribution Patching Outperforms Automated Circuit
+  Discovery*): ``Δ_s · g_r`` at the clean run — 2 forwards and 1 backward for all edges;
+- ``clean_corrupted`` (Hanna et al. 2024): ``Δ_s · ½(g_r|clean + g_r|ref)``, gradients at
+  the clean and at the reference (corrupted) run;
+- ``eap_ig_inputs`` (Hanna et al. 2024, *Have Faith in Faithfulness*, EAP-IG): ``Δ_s ·
+  (1/n) Σ_k g_r|α_k`` with the input embeddings moved from the reference (``α = 0``) to the
+  clean run, ``α_k = k/n``, ``k = 1..n`` (their schedule) — ``n`` forwards and backwards;
+- ``eap_ig_activations``: integrated gradients along each receiver's *own* input,
+  ``x_r(α) = x_r^clean + α Σ_{s→r} Δ_s`` (every other input clean), ``Δ_s · ∫_0^1
+  g_r|x_r(α) dα`` (Gauss–Legendre, ``n`` nodes). Per receiver this is complete: the sum over
+  a receiver's incoming edges equals the target change when its whole input is patched
+  (:attr:`EdgeScores.receiver_totals`), up to quadrature. Costs ``n_receivers × n``
+  forwards and backwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechattr.attribution.schedules import SCHEDULES
+from mechattr.components import Edge, model_edges, parse_edge
+from mechattr.inputs import prepare_pair, prepare_tokens
+from mechattr.interventions.edges import ABLATIONS, Graph, edge_effects, reference_outputs, sender_outputs
+from mechattr.io import load_result, save_result, versions
+from mechattr.model import check_model, model_guard
+from mechattr.runtime.chunks import max_rows, row_chunks
+from mechattr.runtime.hooks import hooked
+from mechattr.runtime.split import split_io
+from mechattr.targets import check_finite, check_target_rows, run_target
+
+METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "clean_corrupted", "exact")
+
+
+@dataclass
+class EdgeScores:
+    """One score per edge (``scores[i]`` for ``edges[i]``), in target units.
+
+    ``settings``: method, ablation, n_steps, the clean batch-mean target (``clean``) and,
+    for ``exact``, the per-example effects; ``receiver_totals`` (``eap_ig_activations``):
+    per receiver input, the target change when that input is patched as a whole."""
+
+    edges: list[Edge]
+    scores: Tensor
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    receiver_totals: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.edges)
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{e}: {s:+.3g}" for e, s in self.top(3))
+        return f"EdgeScores({self.method}, {len(self.edges)} edges; top: {top})"
+
+    def as_dict(self) -> dict[Edge, float]:
+        return {e: float(s) for e, s in zip(self.edges, self.scores.tolist())}
+
+    def top(self, n: int) -> list[tuple[Edge, float]]:
+        """The ``n`` edges of largest ``|score|`` with their scores."""
+        order = self.scores.abs().argsort(descending=True, stable=True)[:n]
+        return [(self.edges[i], float(self.scores[i])) for i in order.tolist()]
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame: edge, sender, receiver, input, score (by ``|score|``)."""
+        import pandas as pd
+
+        rows = [{"edge": str(e), "sender": str(e.sender), "receiver": str(e.receiver), "input": e.input or "",
+                 "score": float(s)} for e, s in zip(self.edges, self.scores.tolist())]
+        df = pd.DataFrame(rows)
+        return df.reindex(df["score"].abs().sort_values(ascending=False, kind="stable").index).reset_index(drop=True)
+
+    def save(self, path: str | Path) -> Path:
+        meta = {"kind": "EdgeScores", "method": self.method, "edges": [str(e) for e in self.edges],
+                "settings": self.settings, "receiver_totals": self.receiver_totals}
+        return save_result(path, {"scores": self.scores.detach().float().cpu()}, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EdgeScores:
+        tensors, meta = load_result(path)
+        if meta.get("kind") != "EdgeScores":
+            raise ValueError(f"{path} holds {meta.get('kind')!r}, not EdgeScores")
+        edges = [parse_edge(e) for e in meta["edges"]]
+        if tensors["scores"].shape != (len(edges),):
+            raise ValueError(f"{path}: {len(edges)} edges but scores of shape {tuple(tensors['scores'].shape)}")
+        return cls(edges, tensors["scores"], meta["method"], meta.get("settings", {}), meta.get("receiver_totals", {}))
+
+
+def attribute_edges(
+    model: Any,
+    clean: Any,
+    corrupted: Any,
+    target: Callable,
+    *,
+    method: str = "eap",
+    ablation: str = "patch",
+    n_steps: int = 10,
+    edges: Sequence[Any] | None = None,
+    batch_size: int | None = None,
+    attention_mask: Any = None,
+) -> EdgeScores:
+    """Score every edge of ``model``'s graph (or ``edges``) by ``method`` (module docstring).
+
+    ``clean``/``corrupted``: token ids ``[batch, pos]`` (or text); ``corrupted`` may be
+    ``None`` for ``ablation="mean"|"zero"``. Scores approximate the batch-mean target change
+    when the edge alone is ablated; ``exact`` computes it. Returns :class:`EdgeScores`.
+    """
+    check_model(model)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {list(METHODS)}")
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; allowed: {list(ABLATIONS)}")
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    if method == "clean_corrupted" and ablation != "patch":
+        raise ValueError("method='clean_corrupted' takes gradients at the corrupted run: it needs ablation='patch'")
+    with model_guard(model), split_io(model) as io:
+        if corrupted is None:
+            if ablation == "patch":
+                raise ValueError("ablation='patch' needs a corrupted input (or use ablation='mean'|'zero')")
+            c, x = prepare_tokens(model, clean, attention_mask, name="clean"), None
+        else:
+            c, x = prepare_pair(model, clean, corrupted, attention_mask)
+        check_target_rows(target, c.shape[0])
+        max_rows(model, c.shape[1], batch_size, c.tokens.device)
+        es = model_edges(model) if edges is None else [parse_edge(e, model) for e in edges]
+        if not es:
+            raise ValueError("edges is empty: pass at least one edge (or None for every edge)")
+        graph = Graph.of(model, io, es)
+        with torch.no_grad():
+            clean_out = sender_outputs(model, c.tokens, graph, c.attention_mask)
+            corr_out = None if x is None else sender_outputs(model, x.tokens, graph, x.attention_mask)
+        ref = reference_outputs(clean_out, ablation, corr_out)
+        delta = ref - clean_out
+        settings: dict[str, Any] = {"method": method, "ablation": ablation, "versions": versions()}
+        totals: dict[str, float] = {}
+        if method == "exact":
+            with torch.no_grad():
+                eff, base = edge_effects(model, c.tokens, graph, delta, target, attention_mask=c.attention_mask, batch_size=batch_size)
+            scores = (eff - base).mean(1)
+            settings.update(clean=float(base.mean()), per_example=(eff - base).cpu().tolist())
+        else:
+            settings["n_steps"] = 1 if method == "eap" else 2 if method == "clean_corrupted" else n_steps
+            if method == "eap_ig_activations":
+                grads, totals = _receiver_paths(model, c, graph, delta, target, n_steps, batch_size)
+            else:
+                grads = _receiver_grads(model, c, x, graph, ref, clean_out, target, method, n_steps, batch_size)
+            scores = _contract(graph, delta, grads)
+        return EdgeScores(es, scores.detach().float().cpu(), method, settings, totals)
+
+
+def _receiver_hooks(graph: Graph) -> list[str]:
+    return list(dict.fromkeys(graph.io.receiver(e.receiver, e.input)[0] for e in graph.edges))
+
+
+def _contract(graph: Graph, delta: Tensor, grads: dict[str, Tensor]) -> Tensor:
+    """``score_e = Σ_{b,pos,d} Δ_s · g_r`` for every edge (``grads``: per receiver hook)."""
+    out = torch.empty(len(graph.edges), device=delta.device)
+    d = delta.expand(next(iter(grads.values())).shape[0], *delta.shape[1:]) if delta.shape[0] == 1 else delta
+    by_hook: dict[str, list[int]] = {}
+    for i, e in enumerate(graph.edges):
+        by_hook.setdefault(graph.io.receiver(e.receiver, e.input)[0], []).append(i)
+    for hook, ids in by_hook.items():
+        g = grads[hook].float()
+        g = g if g.ndim == 4 else g[:, :, None]  # [b, pos, slot, d]
+        m = torch.einsum("bpsd,bprd->sr", d.float(), g)  # [sender, slot]
+        for i in ids:
+            e = graph.edges[i]
+            idx = graph.io.receiver(e.receiver, e.input)[1]
+            out[i] = m[graph.senders.index(e.sender), idx[1] if idx else 0]
+    return out
+
+
+def _grad_run(model: Any, tokens: Tensor, mask: Tensor | None, target: Callable, names: list[str], n: int, input_values: Tensor | None) -> dict[str, Tensor]:
+    """``∂(Σ target / n)/∂x`` at every hook in ``names`` for one forward of ``tokens`` rows
+    (``input_values``: replaces ``blocks.0.hook_resid_pre``)."""
+    leaves: dict[str, Tensor] = {}
+
+    def leaf(name: str) -> Callable:
+        def add(x: Tensor, hook: Any = None) -> Tensor:
+            d = torch.zeros_like(x, requires_grad=True)
+            leaves[name] = d
+            return x + d
+
+        return add
+
+    hooks = []
+    if input_values is not None:
+        hooks.append(("blocks.0.hook_resid_pre", lambda x, hook=None: input_values.to(x.dtype) + 0 * x))
+    hooks += [(k, leaf(k)) for k in names]
+    with hooked(model, hooks), torch.enable_grad():
+        f = run_target(model, tokens, target, attention_mask=mask, n_examples=n)
+        check_finite(f, "target")
+        gs = torch.autograd.grad(f.sum() / n, [leaves[k] for k in names], allow_unused=True)
+    return {k: (torch.zeros_like(leaves[k]) if g is None else g.detach()) for k, g in zip(names, gs)}
+
+
+def _receiver_grads(model: Any, c: Any, x: Any, graph: Graph, ref: Tensor, clean_out: Tensor, target: Callable, method: str, n_steps: int, batch_size: int | None) -> dict[str, Tensor]:
+    """Receiver gradients averaged over the method's points (``eap``: clean; ``clean_corrupted``:
+    clean and corrupted; ``eap_ig_inputs``: the input path)."""
+    names = _receiver_hooks(graph)
+    B = c.shape[0]
+    if method == "eap":
+        return _grad_run(model, c.tokens, c.attention_mask, target, names, B, None)
+    if method == "clean_corrupted":
+        g1 = _grad_run(model, c.tokens, c.attention_mask, target, names, B, None)
+        g2 = _grad_run(model, x.tokens, x.attention_mask, target, names, B, None)
+        return {k: (g1[k] + g2[k]) / 2 for k in names}
+    i_in = graph.senders.index(next(s for s in graph.senders if str(s) == "input"))
+    x_clean, x_ref = clean_out[:, :, i_in], ref[:, :, i_in].expand_as(clean_out[:, :, i_in])
+    alphas = torch.arange(1, n_steps + 1, dtype=torch.float32, device=c.tokens.device) / n_steps
+    acc: dict[str, Tensor] = {}
+    per = max(1, max_rows(model, c.shape[1], batch_size, c.tokens.device) // B)
+    for sl in row_chunks(n_steps, per):
+        a = alphas[sl].repeat_interleave(B)[:, None, None]
+        vals = x_ref.repeat(len(a) // B, 1, 1) + a * (x_clean - x_ref).repeat(len(a) // B, 1, 1)
+        mask = None if c.attention_mask is None else c.attention_mask.repeat(len(a) // B, 1)
+        g = _grad_run(model, c.tokens.repeat(len(a) // B, 1), mask, target, names, B, vals)
+        for k, v in g.items():
+            v = v.reshape(len(a) // B, B, *v.shape[1:]).sum(0)
+            acc[k] = acc[k] + v if k in acc else v
+    return {k: v / n_steps for k, v in acc.items()}
+
+
+def _receiver_paths(model: Any, c: Any, graph: Graph, delta: Tensor, target: Callable, n_steps: int, batch_size: int | None) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Integrated gradients along each receiver input's own path (module docstring).
+
+    Rows are ``(receiver, node, example)``; a receiver's rows add ``α · Δx_r`` at its input
+    and read the gradient there. Returns the integrated gradients per receiver hook and, per
+    receiver, ``Σ_k w_k g·Δx_r`` (its completeness total)."""
+    B, n_pos = c.shape
+    alphas, weights = SCHEDULES.get("gausslegendre")(n_steps)
+    alphas, weights = alphas.float().to(c.tokens.device), weights.float().to(c.tokens.device)
+    recv: dict[tuple, list[int]] = {}
+    for i, e in enumerate(graph.edges):
+        recv.setdefault((e.receiver, e.input), []).append(graph.senders.index(e.sender))
+    keys = list(recv)
+    d = delta.expand(B, *delta.shape[1:]) if delta.shape[0] == 1 else delta
+    dx = {k: d[:, :, sorted(set(v))].sum(2) for k, v in recv.items()}  # [B, pos, d_model]
+    names = _receiver_hooks(graph)
+    grads = {n: None for n in names}
+    totals: dict[str, float] = {}
+    jobs = [(j, k) for j in range(len(keys)) for k in range(n_steps)]
+    per = max(1, max_rows(model, n_pos, batch_size, c.tokens.device) // B)
+    for sl in row_chunks(len(jobs), per):
+        chunk = jobs[sl]
+        hooks = []
+        leaves: dict[str, Tensor] = {}
+        by_hook: dict[str, list[tuple[int, int, int, tuple]]] = {}
+        for row, (j, k) in enumerate(chunk):
+            node, w = keys[j]
+            hook, idx = graph.io.receiver(node, w)
+            by_hook.setdefault(hook, []).append((row, j, k, idx))
+
+        def make(name: str, items: list) -> Callable:
+            def fn(act: Tensor, hook: Any = None) -> Tensor:
+                a = act.reshape(len(chunk), B, *act.shape[1:]).clone()
+                for row, j, k, idx in items:
+                    sel = (row, slice(None), *([slice(None), idx[1]] if idx else []))
+                    a[sel] = a[sel] + alphas[k] * dx[keys[j]].to(act.dtype)
+                leaf = torch.zeros_like(a, requires_grad=True)
+                leaves[name] = leaf
+                return (a + leaf).reshape(act.shape)
+
+            return fn
+
+        hooks = [(h, make(h, items)) for h, items in by_hook.items()]
+        with hooked(model, hooks), torch.enable_grad():
+            f = run_target(model, c.tokens.repeat(len(chunk), 1), target, attention_mask=c.attention_mask, n_examples=B)
+            check_finite(f, "target along a receiver path")
+            hs = list(leaves)
+            gs = torch.autograd.grad(f.sum() / B, [leaves[h] for h in hs], allow_unused=True)
+        for h, g in zip(hs, gs):
+            if g is None:
+                continue
+            for row, j, k, idx in by_hook[h]:
+                gr = g[row].detach() * weights[k]  # [B, pos, (head,) d]
+                if grads[h] is None:
+                    grads[h] = torch.zeros_like(g[0], dtype=torch.float32)
+                if idx:
+                    grads[h][:, :, idx[1]] += gr[:, :, idx[1]].float()
+                    part = (gr[:, :, idx[1]].float() * dx[keys[j]].float()).sum()
+                else:
+                    grads[h] += gr.float()
+                    part = (gr.float() * dx[keys[j]].float()).sum()
+                name = str(keys[j][0]) + (f".{keys[j][1]}" if keys[j][1] else "")
+                totals[name] = totals.get(name, 0.0) + float(part)
+    for h in names:
+        if grads[h] is None:
+            raise ValueError(f"no gradient reached receiver hook {h}: the target does not depend on it")
+    return grads, totals  # type: ignore[return-value]
+
+
+__all__ = ["METHODS", "EdgeScores", "attribute_edges"]

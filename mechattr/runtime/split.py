@@ -1,0 +1,130 @@
+"""Per-edge hook points: each head's own q/k/v input, each head's own output, the MLP input.
+
+An edge of the computational graph (Elhage et al. 2021's residual-stream view; the graphs of
+ACDC, Conmy et al. 2023, and EAP, Syed et al. 2023) joins a *sender*'s output to one
+*receiver input*. TransformerLens exposes both when three config flags are on, on a
+HookedTransformer and on a TransformerBridge alike:
+
+- ``use_split_qkv_input``: ``blocks.L.hook_{q,k,v}_input`` ``[batch, pos, head, d_model]``
+  — the residual each head's query (and each key/value head's key/value) reads, one copy
+  per head (under grouped-query attention ``k``/``v`` have ``n_kv_heads`` copies);
+- ``use_attn_result``: ``blocks.L.attn.hook_result`` ``[batch, pos, head, d_model]`` — each
+  head's ``z_h W_O^h`` (``b_O`` is shared, so it belongs to no head);
+- ``use_hook_mlp_in``: ``blocks.L.hook_mlp_in`` ``[batch, pos, d_model]``.
+
+:func:`split_io` turns them on for the duration of a ``with`` block and restores them
+afterwards (also on exceptions); :class:`SplitIO` maps a node to its hook and index. The
+input node's output is ``blocks.0.hook_resid_pre`` (token + positional embeddings), the
+logits node's input ``blocks.{n_layers-1}.hook_resid_post`` (what the final norm reads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mechattr.components import MLP, Head, Input, Logits, Node
+from mechattr.runtime.arch import arch
+from mechattr.runtime.memo import per_model
+
+SPLIT_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in")
+
+
+def flags_for(model: Any) -> tuple[str, ...]:
+    """The split flags ``model`` takes (no MLP-input hook in attention-only models)."""
+    return tuple(f for f in SPLIT_FLAGS if not (f == "use_hook_mlp_in" and arch(model).attn_only))
+
+
+def set_flags(model: Any, flags: dict[str, bool]) -> dict[str, bool]:
+    """Set TransformerLens config flags (through ``model.set_<flag>`` where it exists);
+    return the previous values."""
+    old = {f: bool(getattr(model.cfg, f, False)) for f in flags}
+    for f, v in flags.items():
+        setter = getattr(model, f"set_{f}", None)
+        if callable(setter):
+            setter(v)
+        else:
+            setattr(model.cfg, f, v)
+    return old
+
+
+@dataclass(frozen=True)
+class SplitIO:
+    """Hook names and indices of the graph's senders and receivers (module docstring).
+
+    Indices index one example's activation (no batch axis, as
+    :class:`mechattr.interventions.variants.Edit`), e.g. ``(slice(None), h)`` for head
+    ``h`` of ``hook_result`` / ``hook_q_input`` (``[pos, head, d_model]``)."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+
+    def sender(self, node: Node) -> tuple[str, tuple]:
+        """``(hook, index)`` of ``node``'s output."""
+        if isinstance(node, Input):
+            return "blocks.0.hook_resid_pre", ()
+        if isinstance(node, Head):
+            return f"blocks.{node.layer}.attn.hook_result", (slice(None), node.head)
+        if isinstance(node, MLP):
+            return f"blocks.{node.layer}.hook_mlp_out", ()
+        raise ValueError(f"{node} sends nothing: only input, heads and MLPs are senders")
+
+    def receiver(self, node: Node, which: str | None = None) -> tuple[str, tuple]:
+        """``(hook, index)`` of ``node``'s input ``which`` (``q``/``k``/``v`` for heads)."""
+        if isinstance(node, Head):
+            return f"blocks.{node.layer}.hook_{which}_input", (slice(None), node.head)
+        if isinstance(node, MLP):
+            return f"blocks.{node.layer}.hook_mlp_in", ()
+        if isinstance(node, Logits):
+            return f"blocks.{self.n_layers - 1}.hook_resid_post", ()
+        raise ValueError(f"{node} receives nothing: only heads, MLPs and the logits are receivers")
+
+
+@contextlib.contextmanager
+def split_io(model: Any, *, check: bool = True) -> Iterator[SplitIO]:
+    """Turn on per-head inputs/outputs and the MLP-input hook for the ``with`` block.
+
+    Raises ``ValueError`` for models where TransformerLens cannot split the inputs (e.g.
+    bridges of gated attention), checked once per model with a two-token forward that must
+    reproduce the unsplit logits."""
+    a = arch(model)
+    if check:
+        err = _split_error(model)
+        if err:
+            raise ValueError(err)
+    old = set_flags(model, {f: True for f in flags_for(model)})
+    try:
+        yield SplitIO(a.n_layers, a.n_heads, a.n_kv_heads)
+    finally:
+        set_flags(model, old)
+
+
+@per_model
+def _split_error(model: Any) -> str:
+    """Why split inputs do not work on ``model`` ("" when they do)."""
+    toks = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    out = {}
+    try:
+        with torch.no_grad():
+            for on in (True, False):
+                old = set_flags(model, {f: on for f in flags_for(model)})
+                try:
+                    out[on] = model(toks)
+                finally:
+                    set_flags(model, old)
+    except Exception as e:  # TransformerLens refuses split inputs on this architecture
+        return (
+            f"edge-level circuits need each head's own q/k/v input (TransformerLens's "
+            f"use_split_qkv_input), which this {type(model).__name__} does not support: {e}"
+        )
+    if not torch.allclose(out[True], out[False], atol=1e-4, rtol=1e-4):
+        return (
+            f"this {type(model).__name__} computes different logits with split q/k/v inputs "
+            f"(max |Δ| {float((out[True] - out[False]).abs().max()):.2e}), so edge-level results would be wrong"
+        )
+    return ""

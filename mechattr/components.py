@@ -253,9 +253,9 @@ def parse_edge(spec: Any, model: Any | None = None) -> Edge:
 def check_edge(model: Any, e: Edge) -> Edge:
     """Range-check ``e`` against ``model`` (kv-head index for ``k``/``v`` under GQA, no MLP
     in attention-only models, no same-layer head→MLP edge under parallel attention/MLP)."""
-    from mechattr.runtime.arch import arch
+    from mechattr.runtime.split import layout
 
-    a = arch(model)
+    a = layout(model)
     for n in (e.sender, e.receiver):
         if isinstance(n, MLP):
             n.check(model)
@@ -267,7 +267,7 @@ def check_edge(model: Any, e: Edge) -> Edge:
         n = a.n_heads if e.input == "q" else a.n_kv_heads
         if not 0 <= e.receiver.head < n:
             raise ValueError(f"edge {e}: receiver head {e.receiver.head} out of range for input {e.input!r} (0..{n - 1})")
-    if a.parallel_attn_mlp and isinstance(e.sender, Head) and isinstance(e.receiver, MLP) and e.sender.layer == e.receiver.layer:
+    if a.parallel and isinstance(e.sender, Head) and isinstance(e.receiver, MLP) and e.sender.layer == e.receiver.layer:
         raise ValueError(f"edge {e}: attention and MLP of layer {e.sender.layer} run in parallel, so the MLP does not read the head")
     return e
 
@@ -284,9 +284,9 @@ def model_nodes(model: Any) -> list[Node]:
 def receivers(model: Any) -> list[tuple[Node, str | None]]:
     """Every receiver input ``(node, input)`` in topological order (heads' q, k, v per head
     (k/v per key/value head), then the layer's MLP; logits last)."""
-    from mechattr.runtime.arch import arch
+    from mechattr.runtime.split import layout
 
-    a = arch(model)
+    a = layout(model)
     out: list[tuple[Node, str | None]] = []
     for layer in range(a.n_layers):
         for w in INPUTS:
@@ -298,9 +298,9 @@ def receivers(model: Any) -> list[tuple[Node, str | None]]:
 def model_edges(model: Any) -> list[Edge]:
     """Every edge of ``model``'s graph: each sender (input, head, MLP) to each downstream
     receiver input, ordered by receiver then sender (topologically)."""
-    from mechattr.runtime.arch import arch
+    from mechattr.runtime.split import layout
 
-    parallel = arch(model).parallel_attn_mlp
+    parallel = layout(model).parallel
     senders = [n for n in model_nodes(model) if not isinstance(n, Logits)]
     out = []
     for r, w in receivers(model):

@@ -34,7 +34,6 @@ from mechattr.inputs import prepare_pair, prepare_tokens
 from mechattr.interventions.edges import ABLATIONS, Graph, reference_outputs, run_circuits, sender_outputs
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
-from mechattr.runtime.arch import arch
 from mechattr.runtime.split import split_io
 from mechattr.targets import check_target_rows
 
@@ -45,7 +44,7 @@ def discover_circuit(
     model: Any,
     clean: Any,
     corrupted: Any,
-    target: Callable,
+    target: Callable | None,
     *,
     method: str = "eap_ig_inputs",
     selection: str = "topn",
@@ -93,6 +92,8 @@ def discover_circuit(
         chosen = prune_edges(chosen)
     settings = {"method": scores.method, "selection": selection, "n": n, "threshold": threshold, "absolute": absolute,
                 "prune": prune, "ablation": scores.settings.get("ablation", ablation), "versions": versions()}
+    if model is not None:
+        settings["n_layers"] = model.cfg.n_layers
     kept = scores.as_dict()
     if not chosen:
         return Circuit.empty(settings=settings)
@@ -166,7 +167,7 @@ def acdc(
 
         ablated = torch.zeros(len(es), dtype=torch.bool)
         current = evaluate(ablated[None])[0]
-        parallel = arch(model).parallel_attn_mlp
+        parallel = io.parallel
         into: dict[Any, list[int]] = {}
         for i, e in enumerate(es):
             into.setdefault(e.receiver, []).append(i)
@@ -194,7 +195,7 @@ def acdc(
         kept = [e for e, a in zip(es, ablated.tolist()) if not a]
         if prune:
             kept = prune_edges(kept)
-        settings = {"method": "acdc", "selection": "acdc", "tau": tau, "ablation": ablation, "prune": prune,
+        settings = {"method": "acdc", "selection": "acdc", "tau": tau, "ablation": ablation, "prune": prune, "n_layers": model.cfg.n_layers,
                     "target_circuit": current, "n_evaluated": n_evals, "versions": versions()}
         if not kept:
             return Circuit.empty(settings=settings)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +96,7 @@ class _Runner:
         corr_out = None if x is None else sender_outputs(model, x.tokens, self.graph, x.attention_mask)
         self.ref = reference_outputs(clean_out, ablation, corr_out)
 
-    def mask(self, keep: Sequence[Any] = (), knock: Sequence[Any] = (), restrict: bool = True) -> Tensor:
+    def mask(self, keep: Iterable[Any] = (), knock: Iterable[Any] = (), restrict: bool = True) -> Tensor:
         """Ablated edges: all outside ``keep`` (when ``restrict``) plus those leaving ``knock``."""
         m = torch.ones(len(self.edges), dtype=torch.bool) if restrict else torch.zeros(len(self.edges), dtype=torch.bool)
         for e in keep:

@@ -63,6 +63,8 @@ class SplitIO:
     n_layers: int
     n_heads: int
     n_kv_heads: int
+    parallel: bool = False  # attention and MLP of a layer read the same residual
+    attn_only: bool = False
 
     def sender(self, node: Node) -> tuple[str, tuple]:
         """``(hook, index)`` of ``node``'s output."""
@@ -85,6 +87,12 @@ class SplitIO:
         raise ValueError(f"{node} receives nothing: only heads, MLPs and the logits are receivers")
 
 
+def layout(model: Any) -> SplitIO:
+    """The graph's shape and hooks for ``model`` (no flags changed)."""
+    a = arch(model)
+    return SplitIO(a.n_layers, a.n_heads, a.n_kv_heads, a.parallel_attn_mlp, a.attn_only)
+
+
 @contextlib.contextmanager
 def split_io(model: Any, *, check: bool = True) -> Iterator[SplitIO]:
     """Turn on per-head inputs/outputs and the MLP-input hook for the ``with`` block.
@@ -92,14 +100,13 @@ def split_io(model: Any, *, check: bool = True) -> Iterator[SplitIO]:
     Raises ``ValueError`` for models where TransformerLens cannot split the inputs (e.g.
     bridges of gated attention), checked once per model with a two-token forward that must
     reproduce the unsplit logits."""
-    a = arch(model)
     if check:
         err = _split_error(model)
         if err:
             raise ValueError(err)
     old = set_flags(model, {f: True for f in flags_for(model)})
     try:
-        yield SplitIO(a.n_layers, a.n_heads, a.n_kv_heads)
+        yield layout(model)
     finally:
         set_flags(model, old)
 

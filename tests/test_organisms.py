@@ -14,7 +14,7 @@ from mechattr.components import Head
 from mechattr.organisms.tasks import TaskBatch
 
 INDUCTION_LIKE = ["induction", "planted_induction"]
-ALL = ["induction", "ioi", "planted_induction", "sentiment"]
+ALL = ["induction", "ioi", "planted_backup", "planted_induction", "planted_mlp", "sentiment"]
 SHIPPED = [n for n in ALL if n in organisms.names()]
 EVAL_SEED = 2024  # not the card's seeds (12345, 777) and not a training stream
 
@@ -152,8 +152,9 @@ def test_batch_fields_and_corrupted_answers_differ(name):
     assert b.answers.shape == b.corrupted_answers.shape == (n,)
     assert (b.answers != b.corrupted_answers).all()
     assert (b.tokens[:, 0] == 0).all() and b.tokens.max() < len(t.vocab)
-    # minimal change: the corrupted row differs from the clean row in one position
-    assert ((b.corrupted != b.tokens).sum(1) == 1).all()
+    # minimal change: the corrupted row differs from the clean row in one position (planted_mlp
+    # changes both summands, so that both MLP inputs carry the corruption on every row)
+    assert ((b.corrupted != b.tokens).sum(1) == (2 if name == "planted_mlp" else 1)).all()
     sp = b.source_positions
     assert sp.shape[0] == n and ((sp == -1) | ((sp >= 1) & (sp < pos))).all() and (sp[:, 0] >= 0).all()
     # the target is the logit of the answer at the last position
@@ -213,7 +214,7 @@ def replacement_tokens(name, t, rows_tokens, k, g):
     """
     out = []
     for row in rows_tokens.tolist():
-        if name in INDUCTION_LIKE:
+        if name in INDUCTION_LIKE or name in ("planted_backup", "planted_mlp"):
             pool = [x for x in range(1, len(t.vocab)) if x not in row]
         elif name == "ioi":
             pool = [x for x in t.groups["names"] if x not in row]

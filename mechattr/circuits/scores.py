@@ -48,7 +48,8 @@ METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "clean_corrupted", "exa
 
 @dataclass
 class EdgeScores:
-    """One score per edge (``scores[i]`` for ``edges[i]``), in target units.
+    """One score per edge (``scores[i]`` for ``edges[i]``), in target units; ``per_position``
+    ``[edge, batch, pos]`` when asked for (its sum over batch and positions is ``scores``).
 
     ``settings``: method, ablation, n_steps, the clean batch-mean target (``clean``) and,
     for ``exact``, the per-example effects; ``receiver_totals`` (``eap_ig_activations``):
@@ -59,6 +60,7 @@ class EdgeScores:
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
     receiver_totals: dict[str, float] = field(default_factory=dict)
+    per_position: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.edges)
@@ -87,7 +89,7 @@ class EdgeScores:
     def save(self, path: str | Path) -> Path:
         meta = {"kind": "EdgeScores", "method": self.method, "edges": [str(e) for e in self.edges],
                 "settings": self.settings, "receiver_totals": self.receiver_totals}
-        return save_result(path, {"scores": self.scores.detach().float().cpu()}, meta)
+        return save_result(path, {"scores": self.scores.detach().float().cpu(), "per_position": self.per_position}, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> EdgeScores:
@@ -97,7 +99,10 @@ class EdgeScores:
         edges = [parse_edge(e) for e in meta["edges"]]
         if tensors["scores"].shape != (len(edges),):
             raise ValueError(f"{path}: {len(edges)} edges but scores of shape {tuple(tensors['scores'].shape)}")
-        return cls(edges, tensors["scores"], meta["method"], meta.get("settings", {}), meta.get("receiver_totals", {}))
+        pp = tensors.get("per_position")
+        if pp is not None and (pp.ndim != 3 or pp.shape[0] != len(edges)):
+            raise ValueError(f"{path}: per_position of shape {tuple(pp.shape)} does not match {len(edges)} edges")
+        return cls(edges, tensors["scores"], meta["method"], meta.get("settings", {}), meta.get("receiver_totals", {}), pp)
 
 
 def attribute_edges(
@@ -110,6 +115,7 @@ def attribute_edges(
     ablation: str = "patch",
     n_steps: int = 10,
     edges: Sequence[Any] | None = None,
+    per_position: bool = False,
     batch_size: int | None = None,
     attention_mask: Any = None,
 ) -> EdgeScores:
@@ -118,6 +124,9 @@ def attribute_edges(
     ``clean``/``corrupted``: token ids ``[batch, pos]`` (or text); ``corrupted`` may be
     ``None`` for ``ablation="mean"|"zero"``. Scores approximate the batch-mean target change
     when the edge alone is ablated; ``exact`` computes it. Returns :class:`EdgeScores`.
+    ``per_position`` (gradient methods): also :attr:`EdgeScores.per_position` ``[edge,
+    batch, pos]``, the terms ``Δ_s · g_r`` at each example and position (they sum to the
+    scores); for edges from the input it says which tokens the edge carries.
     """
     check_model(model)
     if method not in METHODS:
@@ -126,6 +135,8 @@ def attribute_edges(
         raise ValueError(f"unknown ablation {ablation!r}; allowed: {list(ABLATIONS)}")
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+    if per_position and method == "exact":
+        raise ValueError("per_position needs a gradient method (eap, clean_corrupted, eap_ig_*), not 'exact'")
     if method == "clean_corrupted" and ablation != "patch":
         raise ValueError("method='clean_corrupted' takes gradients at the corrupted run: it needs ablation='patch'")
     with model_guard(model), split_io(model) as io:
@@ -159,30 +170,42 @@ def attribute_edges(
                 grads, totals = _receiver_paths(model, c, graph, delta, target, n_steps, batch_size)
             else:
                 grads = _receiver_grads(model, c, x, graph, ref, clean_out, target, method, n_steps, batch_size)
-            scores = _contract(graph, delta, grads)
-        return EdgeScores(es, scores.detach().float().cpu(), method, settings, totals)
+            scores, pp = _contract(graph, delta, grads, per_position)
+        out = EdgeScores(es, scores.detach().float().cpu(), method, settings, totals)
+        out.per_position = None if method == "exact" or pp is None else pp.detach().float().cpu()
+        return out
 
 
 def _receiver_hooks(graph: Graph) -> list[str]:
     return list(dict.fromkeys(graph.io.receiver(e.receiver, e.input)[0] for e in graph.edges))
 
 
-def _contract(graph: Graph, delta: Tensor, grads: dict[str, Tensor]) -> Tensor:
-    """``score_e = Σ_{b,pos,d} Δ_s · g_r`` for every edge (``grads``: per receiver hook)."""
+def _contract(graph: Graph, delta: Tensor, grads: dict[str, Tensor], per_position: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``score_e = Σ_{b,pos,d} Δ_s · g_r`` for every edge (``grads``: per receiver hook);
+    with ``per_position`` also the terms ``[edge, batch, pos]`` before the sum over ``b, pos``."""
     out = torch.empty(len(graph.edges), device=delta.device)
-    d = delta.expand(next(iter(grads.values())).shape[0], *delta.shape[1:]) if delta.shape[0] == 1 else delta
+    first = next(iter(grads.values()))
+    pp = torch.empty(len(graph.edges), first.shape[0], first.shape[1], device=delta.device) if per_position else None
+    d = delta.expand(first.shape[0], *delta.shape[1:]) if delta.shape[0] == 1 else delta
     by_hook: dict[str, list[int]] = {}
     for i, e in enumerate(graph.edges):
         by_hook.setdefault(graph.io.receiver(e.receiver, e.input)[0], []).append(i)
     for hook, ids in by_hook.items():
         g = grads[hook].float()
         g = g if g.ndim == 4 else g[:, :, None]  # [b, pos, slot, d]
-        m = torch.einsum("bpsd,bprd->sr", d.float(), g)  # [sender, slot]
+        if per_position:
+            full = torch.einsum("bpsd,bprd->bpsr", d.float(), g)
+            m = full.sum((0, 1))
+        else:
+            m = torch.einsum("bpsd,bprd->sr", d.float(), g)  # [sender, slot]
         for i in ids:
             e = graph.edges[i]
             idx = graph.io.receiver(e.receiver, e.input)[1]
-            out[i] = m[graph.senders.index(e.sender), idx[1] if idx else 0]
-    return out
+            si, ri = graph.senders.index(e.sender), (idx[1] if idx else 0)
+            out[i] = m[si, ri]
+            if pp is not None:
+                pp[i] = full[:, :, si, ri]
+    return out, pp
 
 
 def _grad_run(model: Any, tokens: Tensor, mask: Tensor | None, target: Callable, names: list[str], n: int, input_values: Tensor | None) -> dict[str, Tensor]:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mechattr.organisms import circuits
+from mechattr.organisms import circuits, edges
 from mechattr.organisms.card import Card
 from mechattr.organisms.loading import save_weights, weights_dir
 from mechattr.organisms.planted import build_planted
+from mechattr.organisms.planted_backup import backup_circuit, build_planted_backup
+from mechattr.organisms.planted_mlp import build_planted_mlp, mlp_circuit
 from mechattr.organisms.specs import get_spec
 from mechattr.organisms.training import accuracy, train
 from mechattr.runtime.tl import HookedTransformer
@@ -22,7 +24,11 @@ FINDERS = {
     "planted_induction": circuits.induction_circuit,
     "ioi": circuits.ablation_circuit,
     "sentiment": circuits.ablation_circuit,
+    "planted_mlp": mlp_circuit,
+    "planted_backup": backup_circuit,
 }
+
+BUILDERS = {"planted_induction": build_planted, "planted_mlp": build_planted_mlp, "planted_backup": build_planted_backup}
 
 NOTES = {
     "induction": "Previous-token heads (L0H1, L0H3) write the previous token into each position; "
@@ -46,6 +52,17 @@ NOTES = {
     "planted_induction": "Weights written by mechattr.organisms.planted.build_planted; the shipped "
     "safetensors equal the construction exactly. Residual layout: TOK [0, 64), POS [64, 88), "
     "PREV [88, 152), OUT [152, 216). Heads other than the two named are exactly zero.",
+    "planted_mlp": "Weights written by mechattr.organisms.planted_mlp.build_planted_mlp; the shipped "
+    "safetensors equal the construction exactly. Residual layout: TOK [0, 11), POS [11, 19), PREV [19, 30), "
+    "MID [30, 41), OUT [41, 52). L0H2 copies the previous token into PREV; MLP0 has one unit per digit pair "
+    "(a, b), 2·ReLU(PREV_a + TOK_b - 1.5), writing MID_(a+b mod 10); L1H0 moves MID from position 2 to the "
+    "last position's OUT. Other heads, MLP1 and all biases but MLP0's b_in are exactly zero.",
+    "planted_backup": "Weights written by mechattr.organisms.planted_backup.build_planted_backup; the shipped "
+    "safetensors equal the construction exactly. Residual layout: TOK [0, 16), POS [16, 24), OUT [24, 40), "
+    "FLAG [40]. Primary L0H3 attends to position 1, copies its token into OUT and sets FLAG; backup L1H1's "
+    "query scores position 1 by 20·(1 - 2·FLAG) and BOS by 20·FLAG, so it copies the token only when the "
+    "flag is missing (zero-ablating L0H3 alone keeps accuracy 1.0; zero-ablating both: 0). Other heads and "
+    "all biases are exactly zero.",
 }
 
 
@@ -53,8 +70,9 @@ def make(name: str, *, steps: int | None = None, seed: int = 0, verbose: bool = 
     """Train (or construct) organism ``name``; returns the model (CPU, eval) and its card."""
     spec = get_spec(name)
     if spec.planted:
-        model = build_planted()
-        training = {"method": "analytic construction (mechattr.organisms.planted.build_planted); not trained"}
+        builder = BUILDERS[name]
+        model = builder()
+        training = {"method": f"analytic construction ({builder.__module__}.{builder.__name__}); not trained"}
     else:
         res = train(name, steps=steps, seed=seed, verbose=verbose)
         model, training = res.model.eval(), res.recipe
@@ -77,9 +95,9 @@ def make_card(name: str, model: HookedTransformer, training: dict) -> Card:
     circuit, evidence = FINDERS[name](model, task)
     card = Card(
         name=name, description=spec.description, architecture=dict(spec.architecture), training=training,
-        accuracy=round(acc, 4), circuit=circuit, notes=NOTES.get(name, ""),
+        accuracy=round(acc, 4), circuit=circuit, notes=" ".join(n for n in (NOTES.get(name, ""), edges.NOTES.get(name, "")) if n),
         accuracy_eval={"n": ACC_N, "seed": ACC_SEED, "metric": "top-1 answer at the last position"},
-        evidence=evidence,
+        evidence={**evidence, **edges.card_evidence(name)},
     )
     return card
 

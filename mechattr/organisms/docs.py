@@ -9,7 +9,7 @@ from mechattr.organisms.card import Card
 HEADER = """# Model organisms
 
 Small transformers shipped inside mechattr (`mechattr/organisms/weights/`), trained by us
-(or, for `planted_induction`, written by hand) on tasks whose mechanism is known. They are
+(or, for the `planted_*` organisms, written by hand) on tasks whose mechanism is known. They are
 the ground truth for tests, demos and faithfulness tables. Nothing is downloaded.
 
 ```python
@@ -37,9 +37,15 @@ seed=12345)`; circuit evidence uses `sample(500, seed=777)`. Ablation = replacin
 | `induction`, `planted_induction` | BOS + 23 tokens, distinct except that the last m (1..8) repeat an earlier segment | the token after the last token's earlier occurrence | that earlier answer token replaced by an unused token (the new answer) | `[answer's earlier position, earlier occurrence of the last token]` |
 | `ioi` | BOS + 14-word template, names IO, S, S | IO | S2 replaced by IO (answer becomes S) | `[IO position]` |
 | `sentiment` | BOS + 10 words + `sentiment:` | `pos` / `neg` | polarity word replaced by one of opposite polarity | `[polarity word, its negator or -1]` |
+| `planted_mlp` | BOS + 7 random digits `n0`..`n9` | `(x_1 + x_2) mod 10` | `x_1` and `x_2` replaced by other digits with another sum | `[1, 2]` |
+| `planted_backup` | BOS + 7 random tokens | `x_1` | `x_1` replaced by another token | `[1]` |
 
 `batch.info` holds named positions for analyses (ioi: `io`, `s1`, `s2`; sentiment:
-`polarity`, `negator`, `stray`). Every batch is unpadded (`attention_mask` is `None`) and on
+`polarity`, `negator`, `stray`). The planted organisms' circuits are also given as graph
+edges, exactly: `organisms.circuit_edges(name, ablation=None)` (the mechanism),
+`circuit_edges(name, "patch" | "zero")` (edges with a nonzero single-edge effect; every other
+edge has exactly 0) and `organisms.edges.acdc_edges(name, ablation)` (what ACDC keeps at
+`acdc_threshold(name)`). Every batch is unpadded (`attention_mask` is `None`) and on
 CPU; `batch.to(device)` moves it.
 
 """

@@ -8,6 +8,10 @@ from typing import Any
 
 from mechattr.organisms.ioi import IOITask
 from mechattr.organisms.planted import planted_config
+from mechattr.organisms.planted_backup import PlantedBackupTask
+from mechattr.organisms.planted_backup import config as backup_config
+from mechattr.organisms.planted_mlp import PlantedMLPTask
+from mechattr.organisms.planted_mlp import config as mlp_config
 from mechattr.organisms.sentiment import SentimentTask
 from mechattr.organisms.tasks import InductionTask, Task
 from mechattr.registry import Registry
@@ -84,6 +88,30 @@ def _planted() -> Spec:
         "a positional previous-token head and a K-composing induction head; all other heads "
         "and biases are exactly zero.",
         InductionTask, planted_config(), planted=True,
+    )
+
+
+@SPECS.register("planted_mlp")
+def _planted_mlp() -> Spec:
+    return Spec(
+        "planted_mlp",
+        "Modular addition of the first two digits ((x_1 + x_2) mod 10, read at the last of 8 "
+        "positions) solved by a 2-layer transformer with MLPs whose weights are written analytically "
+        "(mechattr.organisms.planted_mlp): a positional previous-token head, an MLP0 lookup table of "
+        "ReLU AND units (one per digit pair), a positional mover head; all else exactly zero.",
+        PlantedMLPTask, mlp_config(), planted=True,
+    )
+
+
+@SPECS.register("planted_backup")
+def _planted_backup() -> Spec:
+    return Spec(
+        "planted_backup",
+        "Repeat the first token at the last of 8 positions, solved by a 2-layer attention-only "
+        "transformer whose weights are written analytically (mechattr.organisms.planted_backup): a "
+        "primary head copies the token and raises a flag; a backup head reads the flag and copies the "
+        "token only when the flag is absent (primary ablated), else attends to a zero-value BOS.",
+        PlantedBackupTask, backup_config(), planted=True,
     )
 
 

@@ -72,9 +72,11 @@ def receiver_hook(model: Any, node: Any, inp: str | None) -> tuple[str, tuple]:
     raise ValueError(f"{node} receives nothing")
 
 
-def _check_ablation(ablation: str) -> None:
+def _check_ablation(ablation: str, corrupted: torch.Tensor | None) -> None:
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation {ablation!r} unknown; allowed: {list(ABLATIONS)}")
+    if ablation == "patch" and corrupted is None:
+        raise ValueError("ablation 'patch' needs corrupted tokens")
 
 
 def _caches(model: Any, clean: torch.Tensor, corrupted: torch.Tensor | None, names: list[str]) -> tuple[dict, dict | None]:
@@ -101,9 +103,7 @@ def slow_edge_effects(
 ) -> torch.Tensor:
     """Single-edge effects ``[len(edges)]``: batch-mean target with only that edge patched,
     minus batch-mean clean target (one forward per edge)."""
-    _check_ablation(ablation)
-    if ablation == "patch" and corrupted is None:
-        raise ValueError("ablation 'patch' needs corrupted tokens")
+    _check_ablation(ablation, corrupted)
     edges = [parse_edge(e, model) for e in edges]
     with edge_flags(model):
         senders = sorted({sender_hook(e.sender)[0] for e in edges})
@@ -137,7 +137,7 @@ def slow_eap_scores(
     """EAP scores ``[len(edges)]`` (Syed et al. 2023): ``Σ_{batch,pos,d} (ref_s − clean_s) ·
     ∂(batch-mean target)/∂(input of r)`` at the clean run, the gradient taken through every
     downstream path (a zero tensor added at each receiver input, differentiated)."""
-    _check_ablation(ablation)
+    _check_ablation(ablation, corrupted)
     edges = [parse_edge(e, model) for e in edges]
     with edge_flags(model):
         senders = sorted({sender_hook(e.sender)[0] for e in edges})
@@ -174,54 +174,66 @@ def slow_circuit_target(
     the sender's output in this same forward (it may itself be changed by removed edges
     upstream) and ``ref_s`` is as in :func:`slow_edge_effects` (computed from the
     corrupted / clean runs)."""
-    _check_ablation(ablation)
+    _check_ablation(ablation, corrupted)
     removed = [parse_edge(e, model) for e in removed]
     with edge_flags(model):
         senders = sorted({sender_hook(e.sender)[0] for e in removed})
         clean_c, corr_c = _caches(model, clean, corrupted if ablation == "patch" else None, senders)
-        live: dict[str, torch.Tensor] = {}
-
-        def save(name: str) -> Callable:  # keyed by our name: a bridge's hook.name may be an alias target
-            def hook(x, hook):
-                live[name] = x.detach().clone()
-                return x
-            return hook
-
-        by_name: dict[str, list[tuple[tuple, Edge]]] = {}
-        for e in removed:
-            r_name, r_idx = receiver_hook(model, e.receiver, e.input)
-            by_name.setdefault(r_name, []).append((r_idx, e))
-
-        def patch(name: str) -> Callable:
-            def hook(x, hook):
-                x = x.clone()
-                for r_idx, e in by_name[name]:
-                    s_name, s_idx = sender_hook(e.sender)
-                    ref = _reference(ablation, clean_c[s_name][s_idx], None if corr_c is None else corr_c[s_name][s_idx])
-                    x[r_idx] = x[r_idx] + ref - live[s_name][s_idx]
-                return x
-            return hook
-
-        hooks = [(n, save(n)) for n in senders] + [(n, patch(n)) for n in by_name]
-        return float(target(model.run_with_hooks(clean, fwd_hooks=hooks)).float().mean())
+        return _circuit_forward(model, clean, target, removed, ablation, clean_c, corr_c)
 
 
+def _circuit_forward(model: Any, clean: torch.Tensor, target: Callable, removed: list[Edge], ablation: str, clean_c: dict, corr_c: dict | None) -> float:
+    senders = sorted({sender_hook(e.sender)[0] for e in removed})
+    live: dict[str, torch.Tensor] = {}
+
+    def save(name: str) -> Callable:  # keyed by our name: a bridge's hook.name may be an alias target
+        def hook(x, hook):
+            live[name] = x.detach().clone()
+            return x
+        return hook
+
+    by_name: dict[str, list[tuple[tuple, Edge]]] = {}
+    for e in removed:
+        r_name, r_idx = receiver_hook(model, e.receiver, e.input)
+        by_name.setdefault(r_name, []).append((r_idx, e))
+
+    def patch(name: str) -> Callable:
+        def hook(x, hook):
+            x = x.clone()
+            for r_idx, e in by_name[name]:
+                s_name, s_idx = sender_hook(e.sender)
+                ref = _reference(ablation, clean_c[s_name][s_idx], None if corr_c is None else corr_c[s_name][s_idx])
+                x[r_idx] = x[r_idx] + ref - live[s_name][s_idx]
+            return x
+        return hook
+
+    hooks = [(n, save(n)) for n in senders] + [(n, patch(n)) for n in by_name]
+    return float(target(model.run_with_hooks(clean, fwd_hooks=hooks)).float().mean())
+
+
+@torch.no_grad()
 def slow_acdc(
     model: Any, clean: torch.Tensor, corrupted: torch.Tensor | None, target: Callable, edges: Iterable[Any], tau: float, ablation: str = "patch",
 ) -> list[Edge]:
     """ACDC (Conmy et al. 2023) with a target metric: visit receivers in reverse topological
-    order (logits first), each receiver's senders latest first; remove an edge when
-    ``|target(circuit without it) − target(current circuit)| < tau``. Returns the kept edges."""
+    order (logits first; a layer's MLP before its heads, heads last-first, each head's v, k,
+    q), each receiver's senders latest first; remove an edge when
+    ``|target(circuit without it) − target(current circuit)| < tau`` (one multi-edge
+    forward per edge, :func:`slow_circuit_target`). Returns the kept edges in input order."""
     from mechattr.components import node_order
 
+    _check_ablation(ablation, corrupted)
     edges = [parse_edge(e, model) for e in edges]
     rank = {"q": 0, "k": 1, "v": 2, None: 3}
     order = sorted(edges, key=lambda e: (node_order(e.receiver), rank[e.input], node_order(e.sender)), reverse=True)
     removed: list[Edge] = []
-    current = slow_circuit_target(model, clean, corrupted, target, removed, ablation)
-    for e in order:
-        trial = slow_circuit_target(model, clean, corrupted, target, removed + [e], ablation)
-        if abs(trial - current) < tau:
-            removed.append(e)
-            current = trial
+    with edge_flags(model):
+        senders = sorted({sender_hook(e.sender)[0] for e in edges})
+        clean_c, corr_c = _caches(model, clean, corrupted if ablation == "patch" else None, senders)
+        current = _circuit_forward(model, clean, target, removed, ablation, clean_c, corr_c)
+        for e in order:
+            trial = _circuit_forward(model, clean, target, removed + [e], ablation, clean_c, corr_c)
+            if abs(trial - current) < tau:
+                removed.append(e)
+                current = trial
     return [e for e in edges if e not in removed]

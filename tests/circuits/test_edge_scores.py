@@ -209,3 +209,15 @@ def test_edge_scores_round_trip(tmp_path, hf_pair):
     assert list(df.columns) == ["edge", "sender", "receiver", "input", "score"]
     assert df["score"].abs().is_monotonic_decreasing
     assert "EdgeScores(eap" in repr(s) and len(repr(s)) < 300
+
+
+def test_per_position_terms_sum_to_the_scores(hf_pair, tmp_path):
+    m = both_sides(hf_pair)[0]
+    clean, corr = _pair()
+    s = attribute_edges(m, clean, corr, _target(m, clean), method="eap_ig_inputs", n_steps=2, per_position=True)
+    assert s.per_position.shape == (len(s.edges), *clean.shape)
+    torch.testing.assert_close(s.per_position.sum((1, 2)), s.scores, atol=1e-5, rtol=1e-4)
+    s.save(tmp_path / "pp")
+    assert torch.equal(type(s).load(tmp_path / "pp").per_position, s.per_position)
+    with pytest.raises(ValueError, match="per_position needs a gradient method"):
+        attribute_edges(m, clean, corr, _target(m, clean), method="exact", per_position=True)

@@ -4,7 +4,13 @@ ids of :mod:`mechattr.components` (``Input``, ``Head``, ``MLP``, ``Logits``, ``E
 
 from mechattr.circuits.circuit import Circuit
 from mechattr.circuits.discovery import SELECTIONS, acdc, discover_circuit
-from mechattr.circuits.evaluation import CircuitEvaluation, FaithfulnessCurve, evaluate_circuit, faithfulness_curve
+from mechattr.circuits.evaluation import (
+    CircuitEvaluation,
+    FaithfulnessCurve,
+    evaluate_circuit,
+    faithfulness_curve,
+    roc_auc,
+)
 from mechattr.circuits.scores import METHODS, EdgeScores, attribute_edges
 from mechattr.components import Edge, Input, Logits, model_edges, parse_edge
 
@@ -25,4 +31,5 @@ __all__ = [
     "faithfulness_curve",
     "model_edges",
     "parse_edge",
+    "roc_auc",
 ]

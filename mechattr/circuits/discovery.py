@@ -31,7 +31,13 @@ from mechattr.circuits.circuit import Circuit
 from mechattr.circuits.scores import EdgeScores, attribute_edges
 from mechattr.components import Edge, Input, Logits, model_edges, node_order, parse_edge
 from mechattr.inputs import prepare_pair, prepare_tokens
-from mechattr.interventions.edges import ABLATIONS, Graph, reference_outputs, run_circuits, sender_outputs
+from mechattr.interventions.edges import (
+    ABLATIONS,
+    Graph,
+    reference_outputs,
+    run_circuits,
+    sender_outputs,
+)
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.split import split_io

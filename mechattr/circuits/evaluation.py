@@ -27,11 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechattr.circuits.circuit import Circuit, ensure_circuit
+from mechattr.circuits.circuit import ensure_circuit
 from mechattr.circuits.discovery import _pair
 from mechattr.circuits.scores import EdgeScores
-from mechattr.components import Head, MLP, model_edges
-from mechattr.interventions.edges import ABLATIONS, Graph, reference_outputs, run_circuits, sender_outputs
+from mechattr.components import MLP, Head, model_edges
+from mechattr.interventions.edges import (
+    ABLATIONS,
+    Graph,
+    reference_outputs,
+    run_circuits,
+    sender_outputs,
+)
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.split import split_io
@@ -215,3 +221,26 @@ def faithfulness_curve(
     area = float(sum((xs[i + 1] - xs[i]) * (faith[i + 1] + faith[i]) / 2 for i in range(len(xs) - 1)))
     return FaithfulnessCurve(counts, faith, area, n, {"method": scores.method, "ablation": ablation, "absolute": absolute,
                                                      "target_full": tf, "target_empty": te})
+
+
+def roc_auc(scores: EdgeScores, true_edges: Iterable[Any], *, absolute: bool = True) -> float:
+    """ROC AUC of ranking ``scores.edges`` by ``|score|`` (signed with ``absolute=False``)
+    against the ground-truth edge set ``true_edges``: the probability that a true edge
+    outranks a false one, ties counting one half (Mann–Whitney U / (n_true · n_false)).
+    ``ValueError`` if either class is empty or a true edge is not scored."""
+    from mechattr.components import parse_edge
+
+    if not isinstance(scores, EdgeScores):
+        raise TypeError(f"scores must be EdgeScores, got {type(scores).__name__}")
+    truth = {parse_edge(e) for e in true_edges}
+    missing = sorted(str(e) for e in truth - set(scores.edges))
+    if missing:
+        raise ValueError(f"true edges not among the scored edges: {missing[:5]}")
+    s = (scores.scores.abs() if absolute else scores.scores).double()
+    is_true = torch.tensor([e in truth for e in scores.edges])
+    pos, neg = s[is_true], s[~is_true]
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(f"ROC AUC needs true and false edges; got {len(pos)} true and {len(neg)} false")
+    gt = (pos[:, None] > neg[None, :]).double().sum()
+    eq = (pos[:, None] == neg[None, :]).double().sum()
+    return float((gt + 0.5 * eq) / (len(pos) * len(neg)))

@@ -35,7 +35,13 @@ from torch import Tensor
 from mechattr.attribution.schedules import SCHEDULES
 from mechattr.components import Edge, model_edges, parse_edge
 from mechattr.inputs import prepare_pair, prepare_tokens
-from mechattr.interventions.edges import ABLATIONS, Graph, edge_effects, reference_outputs, sender_outputs
+from mechattr.interventions.edges import (
+    ABLATIONS,
+    Graph,
+    edge_effects,
+    reference_outputs,
+    sender_outputs,
+)
 from mechattr.io import load_result, save_result, versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.chunks import max_rows, row_chunks
@@ -269,7 +275,7 @@ def _receiver_paths(model: Any, c: Any, graph: Graph, delta: Tensor, target: Cal
     alphas, weights = SCHEDULES.get("gausslegendre")(n_steps)
     alphas, weights = alphas.float().to(c.tokens.device), weights.float().to(c.tokens.device)
     recv: dict[tuple, list[int]] = {}
-    for i, e in enumerate(graph.edges):
+    for e in graph.edges:
         recv.setdefault((e.receiver, e.input), []).append(graph.senders.index(e.sender))
     keys = list(recv)
     d = delta.expand(B, *delta.shape[1:]) if delta.shape[0] == 1 else delta
@@ -289,9 +295,9 @@ def _receiver_paths(model: Any, c: Any, graph: Graph, delta: Tensor, target: Cal
             hook, idx = graph.io.receiver(node, w)
             by_hook.setdefault(hook, []).append((row, j, k, idx))
 
-        def make(name: str, items: list) -> Callable:
+        def make(name: str, items: list, n_rows: int = len(chunk), leaves: dict = leaves) -> Callable:
             def fn(act: Tensor, hook: Any = None) -> Tensor:
-                a = act.reshape(len(chunk), B, *act.shape[1:]).clone()
+                a = act.reshape(n_rows, B, *act.shape[1:]).clone()
                 for row, j, k, idx in items:
                     sel = (row, slice(None), *([slice(None), idx[1]] if idx else []))
                     a[sel] = a[sel] + alphas[k] * dx[keys[j]].to(act.dtype)

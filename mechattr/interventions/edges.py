@@ -29,7 +29,14 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechattr.components import Edge, Logits, Node, model_nodes
-from mechattr.interventions.variants import Edit, Mode, Variant, cache_activations, intervene, run_variants
+from mechattr.interventions.variants import (
+    Edit,
+    Mode,
+    Variant,
+    cache_activations,
+    intervene,
+    run_variants,
+)
 from mechattr.runtime.chunks import max_rows, row_chunks
 from mechattr.runtime.hooks import hooked
 from mechattr.runtime.split import SplitIO
@@ -161,7 +168,7 @@ def run_circuits(
 
 
 def _circuit_chunk(model: Any, tokens: Tensor, graph: Graph, ref: Tensor, ablated: Tensor, plan: dict, target: Callable, attention_mask: Tensor | None) -> Tensor:
-    V, (B, n_pos) = ablated.shape[0], tokens.shape
+    V, B = ablated.shape[0], tokens.shape[0]
     diffs: dict[int, Tensor] = {}
     io = graph.io
     by_hook: dict[str, list[tuple[int, tuple]]] = {}

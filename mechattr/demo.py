@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 DEMO = {
-    "induction": {"n": 32, "methods": "ig,input_x_gradient,saliency,attention,occlusion"},
-    "planted_induction": {"n": 16, "methods": "ig,input_x_gradient,attention"},
+    "induction": {"n": 32, "methods": "ig,input_x_gradient,saliency,attention,occlusion", "circuit": True},
+    "planted_induction": {"n": 16, "methods": "ig,input_x_gradient,attention", "circuit": True},
 }
 
 
@@ -33,6 +33,17 @@ def check(rep: Any) -> list[tuple[str, bool, str]]:
     primary = rep.settings["methods"][0]
     tok = rep.claim(f"tokens:{primary}")
     out.append((f"copied-token attribution ({primary}) confirmed", tok.verdict == "confirmed", tok.verdict))
+    circ = getattr(rep, "circuit", None) or {}
+    if circ.get("circuit"):
+        from mechattr import organisms
+
+        name = str(rep.settings.get("task"))
+        f = circ["evaluation"].get("faithfulness")
+        if name in organisms.edges.names():
+            want = set(organisms.circuit_edges(name, "patch"))
+            out.append(("circuit = the planted edges", set(circ["circuit"]) == want, f"{len(circ['circuit'])} edges, faithfulness {f:.3f}"))
+        else:
+            out.append(("circuit faithfulness >= 0.8", f is not None and f >= 0.8, f"{len(circ['circuit'])} edges, faithfulness {f}"))
     hit = next((t for t in tok.tests if t.test.startswith("ground-truth")), None)
     if hit is not None:
         out.append((f"{primary} top token is the copied token above chance", hit.confirmed,

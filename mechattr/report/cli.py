@@ -144,7 +144,7 @@ def run_report(
             if wrong:
                 h = wrong_head(m, organism, seed)
                 claims[f"wrong: {h} (random non-circuit head)"] = [h]
-        steps = 2 * len(meths) + 8
+        steps = 2 * len(meths) + 8 + (1 if validate_kw.get("circuit") else 0)
         bar = tqdm(total=steps, desc="validate", disable=quiet, file=sys.stderr)
 
         def progress(step: str) -> None:
@@ -194,6 +194,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--bridge", action="store_true", help="load as a TransformerBridge (always the case on TransformerLens 4)")
     p.add_argument("--out", required=True, help="output directory (report.html, report.json)")
+    p.add_argument("--circuit", action="store_true", help="add the circuit section (EAP-IG edge scores, a circuit, its faithfulness)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -206,9 +207,69 @@ def _report(args: argparse.Namespace) -> int:
                      corrupt=args.corrupt, n=args.n, methods=args.methods, claims=parse_claims(args.claim),
                      card=args.card_claims, wrong=args.wrong_claim, seed=args.seed, device=args.device, quiet=args.quiet,
                      top_k=args.top_k, top_heads=args.top_heads, removal=args.removal, n_draws=args.n_draws,
-                     n_steps=args.n_steps, bridge=args.bridge)
+                     n_steps=args.n_steps, bridge=args.bridge, circuit=args.circuit)
     print_summary(rep, args.out)
     return 0
 
 
 _report.add_arguments = _add_arguments  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- circuit
+def run_circuit(*, model: str, out: str | Path, task: str | None, n: int = 16, seed: int = 0, device: str | None = None,
+                bridge: bool = False, threads: int | None = None, n_edges: int | None = None, **kw: Any) -> Any:
+    """Load, sample ``task``, :func:`mechattr.report.circuit.circuit_report`, save ``circuit.html/json``."""
+    with _torch_threads(threads):
+        from mechattr import organisms
+        from mechattr.model import load_model
+        from mechattr.report.circuit import circuit_report
+        from mechattr.validation.pipeline import str_tokens
+
+        if task is None:
+            raise ValueError("mechattr circuit needs --task <organism task> (its clean/corrupted pairs and target)")
+        m = load_model(model, device=device or "cpu", bridge=bridge)
+        tb = organisms.task(task).sample(n, seed).to(next(m.parameters()).device)
+        rep = circuit_report(m, tb.tokens, tb.corrupted, tb.target, attention_mask=tb.attention_mask,
+                             str_tokens=str_tokens(m, tb.tokens), model_name=model, n=n_edges, **kw)
+        rep.settings["task"] = task
+        rep.save(out)
+        return rep
+
+
+def _circuit_args(p: argparse.ArgumentParser) -> None:
+    from mechattr.circuits import METHODS, SELECTIONS
+
+    p.add_argument("--model", help="organism:<name> or a local model directory (default: organism:<task>)")
+    p.add_argument("--task", required=True, help="a shipped organism's task (e.g. planted_mlp, induction)")
+    p.add_argument("--n", type=int, default=16, help="examples drawn from --task (default 16)")
+    p.add_argument("--method", default="eap_ig_inputs", choices=METHODS, help="edge scores (default eap_ig_inputs)")
+    p.add_argument("--selection", default="topn", choices=SELECTIONS, help="how the circuit is chosen (default topn)")
+    p.add_argument("--edges", type=int, default=None, help="top-n / greedy edge count (default: smallest top-n reaching --min-faithfulness)")
+    p.add_argument("--threshold", type=float, default=None, help="|score| threshold for --selection threshold")
+    p.add_argument("--tau", type=float, default=None, help="ACDC threshold in target units for --selection acdc")
+    p.add_argument("--ablation", default="patch", choices=("patch", "mean", "zero"), help="what an ablated edge carries (default patch)")
+    p.add_argument("--min-faithfulness", type=float, default=0.8, help="for the default --edges (default 0.8)")
+    p.add_argument("--n-steps", type=int, default=10, help="EAP-IG steps (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="task sampling seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default cpu)")
+    p.add_argument("--bridge", action="store_true", help="load as a TransformerBridge (always the case on TransformerLens 4)")
+    p.add_argument("--out", required=True, help="output directory (circuit.html, circuit.json)")
+
+
+@command("circuit", "score every edge, choose and evaluate a circuit, write circuit.html + circuit.json")
+def _circuit(args: argparse.Namespace) -> int:
+    rep = run_circuit(model=args.model or f"organism:{args.task}", out=args.out, task=args.task, n=args.n, seed=args.seed,
+                      device=args.device, bridge=args.bridge, method=args.method, selection=args.selection, n_edges=args.edges,
+                      threshold=args.threshold, tau=args.tau, ablation=args.ablation, min_faithfulness=args.min_faithfulness,
+                      n_steps=args.n_steps)
+    ev = rep.evaluation
+    f = ev.get("faithfulness")
+    print(f"circuit: {len(rep.circuit)} of {rep.curve.get('n_edges')} edges, faithfulness "
+          f"{'undefined' if f is None else f'{f:.3f}'}; curve area {rep.curve.get('area', float('nan')):.3f}")
+    for e in rep.circuit[:20]:
+        print(f"  {e}")
+    print(f"Report: {Path(args.out) / 'circuit.html'} (+ circuit.json)")
+    return 0
+
+
+_circuit.add_arguments = _circuit_args  # type: ignore[attr-defined]

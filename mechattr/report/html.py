@@ -206,6 +206,10 @@ def render_html(report: Any) -> str:
         parts.append(_section("Heads", "".join(body), "heads"))
     if report.flow is not None:
         parts.append(_section("Attention flow", _flow_html(report, fig), "flow"))
+    if getattr(report, "circuit", None):
+        from mechattr.report.circuit import circuit_html
+
+        parts.append(_section("Circuit", circuit_html(report.circuit, fig), "circuit"))
 
     # all numbers
     rows = [{"claim": c.id, "test": t.test, "effect": t.effect, "threshold": t.threshold, "rule": t.rule,

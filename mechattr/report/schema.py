@@ -2,7 +2,7 @@
 
 Top level: ``schema`` (``"mechattr.validation_report"``), ``schema_version``, ``settings``,
 ``versions``, ``str_tokens``, ``token_maps``, ``faithfulness``, ``curves``, ``agreement``,
-``completeness``, ``sanity``, ``heads``, ``flow``, ``claims`` (each with ``verdict`` and
+``completeness``, ``sanity``, ``heads``, ``flow``, ``circuit`` (optional), ``claims`` (each with ``verdict`` and
 ``tests``), ``skipped``. Non-finite floats are written as ``null``.
 """
 
@@ -16,7 +16,7 @@ from mechattr.io import to_jsonable
 SCHEMA_NAME = "mechattr.validation_report"
 SCHEMA_VERSION = 1
 FIELDS = ("settings", "versions", "str_tokens", "token_maps", "faithfulness", "curves", "agreement",
-          "completeness", "sanity", "heads", "flow", "skipped")
+          "completeness", "sanity", "heads", "flow", "circuit", "skipped")
 
 
 def report_to_dict(report: Any) -> dict[str, Any]:

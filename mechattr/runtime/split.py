@@ -31,6 +31,11 @@ from mechattr.components import MLP, Head, Input, Logits, Node
 from mechattr.runtime.arch import arch
 from mechattr.runtime.memo import per_model
 
+
+class SplitUnsupported(ValueError):
+    """TransformerLens cannot give this model per-head inputs (edge-level work is impossible)."""
+
+
 SPLIT_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in")
 
 
@@ -103,7 +108,7 @@ def split_io(model: Any, *, check: bool = True) -> Iterator[SplitIO]:
     if check:
         err = _split_error(model)
         if err:
-            raise ValueError(err)
+            raise SplitUnsupported(err)
     old = set_flags(model, {f: True for f in flags_for(model)})
     try:
         yield layout(model)

@@ -119,6 +119,7 @@ def validate(
     seed: int = 0,
     attention_mask: Any = None,
     model_name: str | None = None,
+    circuit: bool | dict[str, Any] = False,
     progress: Callable[[str], None] | None = None,
 ) -> ValidationReport:
     """Turn attributions into claims and test them with interventions (see the module docstring).
@@ -130,6 +131,9 @@ def validate(
     each is tested against random head sets of its size (:mod:`mechattr.validation.heads`). ``source_positions``
     ``[batch, k]`` (``-1`` padded): ground-truth positions for the hit rate. ``sanity_methods``:
     methods for the cascading-randomization check (default: the first method; ``()``: none).
+    ``circuit``: ``True`` or options for :func:`mechattr.report.circuit.circuit_report`
+    (``method``, ``selection``, ``n``, ``tau``, …) adds the circuit section (edge scores, a
+    circuit, its faithfulness and the tokens its input edges carry) on clean vs ``corrupted``.
     """
     if not isinstance(target, Target):
         raise TypeError("validate needs a mechattr.targets target (e.g. targets.logit(ids)); it reads positions per stacked row")
@@ -307,6 +311,18 @@ def validate(
         except ImportError as err:
             steps.skip("attention flow", f"attention_flow not available ({err})")
         steps.stop()
+        if circuit:
+            steps.start("circuit")
+            from mechattr.report.circuit import circuit_report
+            from mechattr.runtime.split import SplitUnsupported
+
+            opts = dict(circuit) if isinstance(circuit, dict) else {}
+            try:
+                rep.circuit = circuit_report(model, batch.tokens, corr, target, attention_mask=batch.attention_mask,
+                                             str_tokens=rep.str_tokens, batch_size=batch_size, model_name=model_name, **opts).to_dict()
+            except SplitUnsupported as err:
+                steps.skip("circuit", str(err))
+            steps.stop()
         rep.heads = {"atp": grids.get("atp"), "ablation": abl, "path_patch": grids.get("path_patch"),
                      "links": grids.get("links"), "flow_graph": grids.get("flow_graph")}
         rep.skipped, rep.timings = steps.skipped, steps.timings

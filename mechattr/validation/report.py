@@ -24,7 +24,8 @@ class ValidationReport:
     values), ``curves {method: {...}}`` (deletion/insertion), ``agreement``,
     ``completeness {method: {...}}``, ``sanity {method: {...}}``;
     ``heads {"atp": [L][H], "ablation": {mode: [L][H]}, "path_patch": [L][H], "links": [L][H]}``;
-    ``flow [batch][pos]`` (attention flow to the target position); ``claims`` with their
+    ``flow [batch][pos]`` (attention flow to the target position); ``circuit`` (the circuit
+    section's data, :class:`mechattr.report.circuit.CircuitReport`, when asked for); ``claims`` with their
     tests and verdicts; ``skipped`` steps with the reason; ``timings`` (seconds, HTML only —
     never in the JSON, which must be deterministic).
     """
@@ -40,6 +41,7 @@ class ValidationReport:
     sanity: dict[str, Any] = field(default_factory=dict)
     heads: dict[str, Any] = field(default_factory=dict)
     flow: Any = None
+    circuit: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)

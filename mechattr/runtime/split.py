@@ -118,25 +118,54 @@ def split_io(model: Any, *, check: bool = True) -> Iterator[SplitIO]:
 
 @per_model
 def _split_error(model: Any) -> str:
-    """Why split inputs do not work on ``model`` ("" when they do)."""
+    """Why split inputs do not work on ``model`` ("" when they do): TransformerLens refuses
+    them, a sender/receiver hook does not exist or never fires, or the logits change."""
     toks = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
-    out = {}
+    lay = layout(model)
+    needed = [lay.sender(Input()), lay.receiver(Logits())]
+    for layer in range(lay.n_layers):
+        needed += [lay.sender(Head(layer, 0))] + [lay.receiver(Head(layer, 0), w) for w in "qkv"]
+        if not lay.attn_only:
+            needed += [lay.sender(MLP(layer)), lay.receiver(MLP(layer))]
+    names = list(dict.fromkeys(n for n, _ in needed))
+    out, fired = {}, set()
+
+    def seen(name: str) -> Any:
+        def hook(act: Any, hook: Any = None) -> Any:
+            fired.add(name)
+            return act
+
+        return hook
+
     try:
         with torch.no_grad():
             for on in (True, False):
                 old = set_flags(model, {f: on for f in flags_for(model)})
                 try:
-                    out[on] = model(toks)
+                    if on:
+                        known = set(getattr(model, "hook_dict", {}) or {})
+                        absent = [n for n in names if n not in known]
+                        if absent:
+                            return _why(model, f"it has no hook points {absent[:4]}")
+                        out[on] = model.run_with_hooks(toks, fwd_hooks=[(n, seen(n)) for n in names])
+                    else:
+                        out[on] = model(toks)
                 finally:
                     set_flags(model, old)
     except Exception as e:  # TransformerLens refuses split inputs on this architecture
-        return (
-            f"edge-level circuits need each head's own q/k/v input (TransformerLens's "
-            f"use_split_qkv_input), which this {type(model).__name__} does not support: {e}"
-        )
+        return _why(model, str(e))
+    silent = [n for n in names if n not in fired]
+    if silent:
+        return _why(model, f"its hook points {silent[:4]} never fire with split inputs on")
     if not torch.allclose(out[True], out[False], atol=1e-4, rtol=1e-4):
         return (
             f"this {type(model).__name__} computes different logits with split q/k/v inputs "
             f"(max |Δ| {float((out[True] - out[False]).abs().max()):.2e}), so edge-level results would be wrong"
         )
     return ""
+
+
+def _why(model: Any, reason: str) -> str:
+    return (f"edge-level circuits need each head's own q/k/v input, output and MLP input (TransformerLens's "
+            f"use_split_qkv_input / use_attn_result / use_hook_mlp_in), which this {type(model).__name__} does not "
+            f"support: {reason}")

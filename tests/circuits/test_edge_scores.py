@@ -140,12 +140,15 @@ def test_eap_ig_inputs_matches_slow_reference(hf_pair):
         for k in range(1, n + 1):
             zs = {}
 
-            def add(x, hook, zs=zs):
-                zs[hook.name] = torch.zeros_like(x, requires_grad=True)
-                return x + zs[hook.name]
+            def add_at(name, zs=zs):
+                def add(x, hook):
+                    zs[name] = torch.zeros_like(x, requires_grad=True)
+                    return x + zs[name]
+
+                return add
 
             inp = x0x + k / n * (x0c - x0x)
-            hooks = [("blocks.0.hook_resid_pre", lambda x, hook, inp=inp: inp.clone())] + [(nm, add) for nm in names]
+            hooks = [("blocks.0.hook_resid_pre", lambda x, hook, inp=inp: inp.clone())] + [(nm, add_at(nm)) for nm in names]
             with torch.enable_grad():
                 v = t(m.run_with_hooks(clean, fwd_hooks=hooks)).float().mean()
                 gs = dict(zip(names, torch.autograd.grad(v, [zs[nm] for nm in names])))

@@ -27,21 +27,13 @@ from typing import Any
 
 import torch
 
+from mechattr.circuits._run import Setup
 from mechattr.circuits.circuit import Circuit
 from mechattr.circuits.scores import EdgeScores, attribute_edges
-from mechattr.components import Edge, Input, Logits, model_edges, node_order, parse_edge
-from mechattr.inputs import prepare_pair, prepare_tokens
-from mechattr.interventions.edges import (
-    ABLATIONS,
-    Graph,
-    reference_outputs,
-    run_circuits,
-    sender_outputs,
-)
+from mechattr.components import Edge, Input, Logits, node_order
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.split import split_io
-from mechattr.targets import check_target_rows
 
 SELECTIONS = ("topn", "threshold", "greedy", "acdc")
 
@@ -154,22 +146,14 @@ def acdc(
 ) -> Circuit:
     """ACDC (module docstring): the edges whose ablation changes the target by ``≥ tau``."""
     check_model(model)
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; allowed: {list(ABLATIONS)}")
-    if not tau >= 0:
+    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not tau >= 0:
         raise ValueError(f"tau must be >= 0, got {tau!r}")
     with model_guard(model), split_io(model) as io, torch.no_grad():
-        c, x = _pair(model, clean, corrupted, ablation, attention_mask)
-        check_target_rows(target, c.shape[0])
-        es = model_edges(model) if edges is None else [parse_edge(e, model) for e in edges]
-        graph = Graph.of(model, io, es)
-        clean_out = sender_outputs(model, c.tokens, graph, c.attention_mask)
-        corr_out = None if x is None else sender_outputs(model, x.tokens, graph, x.attention_mask)
-        ref = reference_outputs(clean_out, ablation, corr_out)
+        run = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size, edges)
+        es = run.edges
 
         def evaluate(masks: torch.Tensor) -> list[float]:
-            out = run_circuits(model, c.tokens, graph, ref, masks, target, attention_mask=c.attention_mask, batch_size=batch_size)
-            return out.mean(1).tolist()
+            return run.run(masks).mean(1).tolist()
 
         ablated = torch.zeros(len(es), dtype=torch.bool)
         current = evaluate(ablated[None])[0]
@@ -206,11 +190,3 @@ def acdc(
         if not kept:
             return Circuit.empty(settings=settings)
         return Circuit.from_edges(kept, settings=settings)
-
-
-def _pair(model: Any, clean: Any, corrupted: Any, ablation: str, attention_mask: Any) -> tuple[Any, Any]:
-    if corrupted is None:
-        if ablation == "patch":
-            raise ValueError("ablation='patch' needs a corrupted input (or use ablation='mean'|'zero')")
-        return prepare_tokens(model, clean, attention_mask, name="clean"), None
-    return prepare_pair(model, clean, corrupted, attention_mask)

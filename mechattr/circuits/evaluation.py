@@ -25,23 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from mechattr.circuits._run import Setup
 from mechattr.circuits.circuit import ensure_circuit
-from mechattr.circuits.discovery import _pair
 from mechattr.circuits.scores import EdgeScores
-from mechattr.components import MLP, Head, model_edges
-from mechattr.interventions.edges import (
-    ABLATIONS,
-    Graph,
-    reference_outputs,
-    run_circuits,
-    sender_outputs,
-)
+from mechattr.components import MLP, Head
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.split import split_io
-from mechattr.targets import check_target_rows
 
 
 @dataclass
@@ -86,39 +77,6 @@ class FaithfulnessCurve:
                               ylabel="normalised faithfulness")
 
 
-class _Runner:
-    """Shared setup: inputs, graph, reference outputs; ``run(list of ablated-edge masks)``."""
-
-    def __init__(self, model: Any, clean: Any, corrupted: Any, target: Callable, ablation: str, attention_mask: Any, batch_size: int | None, io: Any):
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; allowed: {list(ABLATIONS)}")
-        self.c, x = _pair(model, clean, corrupted, ablation, attention_mask)
-        check_target_rows(target, self.c.shape[0])
-        self.model, self.target, self.batch_size = model, target, batch_size
-        self.edges = model_edges(model)
-        self.index = {e: i for i, e in enumerate(self.edges)}
-        self.graph = Graph.of(model, io, self.edges)
-        clean_out = sender_outputs(model, self.c.tokens, self.graph, self.c.attention_mask)
-        corr_out = None if x is None else sender_outputs(model, x.tokens, self.graph, x.attention_mask)
-        self.ref = reference_outputs(clean_out, ablation, corr_out)
-
-    def mask(self, keep: Iterable[Any] = (), knock: Iterable[Any] = (), restrict: bool = True) -> Tensor:
-        """Ablated edges: all outside ``keep`` (when ``restrict``) plus those leaving ``knock``."""
-        m = torch.ones(len(self.edges), dtype=torch.bool) if restrict else torch.zeros(len(self.edges), dtype=torch.bool)
-        for e in keep:
-            m[self.index[e]] = False
-        knock = set(knock)
-        if knock:
-            for i, e in enumerate(self.edges):
-                if e.sender in knock:
-                    m[i] = True
-        return m
-
-    def run(self, masks: list[Tensor]) -> Tensor:
-        return run_circuits(self.model, self.c.tokens, self.graph, self.ref, torch.stack(masks), self.target,
-                            attention_mask=self.c.attention_mask, batch_size=self.batch_size)
-
-
 def _faith(tc: float, tf: float, te: float) -> float:
     if abs(tf - te) <= 1e-12 * max(1.0, abs(tf)):
         warnings.warn(f"the full model and the empty circuit give the same target ({tf:.6g}): faithfulness is undefined (NaN)",
@@ -148,11 +106,11 @@ def evaluate_circuit(
     if not isinstance(n_subsets, int) or n_subsets < 0:
         raise ValueError(f"n_subsets must be an int >= 0, got {n_subsets!r}")
     with model_guard(model), split_io(model) as io, torch.no_grad():
-        r = _Runner(model, clean, corrupted, target, ablation, attention_mask, batch_size, io)
+        r = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size)
         unknown = [str(e) for e in circ.edges if e not in r.index]
         if unknown:
             raise ValueError(f"circuit edges not in this model's graph: {unknown[:5]}")
-        masks = [r.mask(circ.edges), r.mask(restrict=False), r.mask(())]
+        masks = [r.mask(circ.edges), r.mask(restrict=False), r.mask()]
         labels: list[tuple[str, str]] = []
         if completeness:
             nodes = [n for n in circ.nodes if isinstance(n, (Head, MLP))]
@@ -161,7 +119,7 @@ def evaluate_circuit(
             subsets += [frozenset(rng.sample(nodes, rng.randint(1, len(nodes)))) for _ in range(n_subsets if nodes else 0)]
             for k in dict.fromkeys(subsets):
                 name = "{" + ", ".join(sorted(map(str, k))) + "}"
-                masks += [r.mask(circ.edges, k), r.mask((), k, restrict=False)]
+                masks += [r.mask(circ.edges, k), r.mask(knock=k, restrict=False)]
                 labels.append(("completeness", name))
             for v in nodes:
                 for k in dict.fromkeys([frozenset()] + subsets[len(nodes) + 1:]):
@@ -211,8 +169,8 @@ def faithfulness_curve(
         raise ValueError(f"counts must lie in 0..{n} (the number of scored edges), got {bad}")
     order = (scores.scores.abs() if absolute else scores.scores).argsort(descending=True, stable=True).tolist()
     with model_guard(model), split_io(model) as io, torch.no_grad():
-        r = _Runner(model, clean, corrupted, target, ablation, attention_mask, batch_size, io)
-        masks = [r.mask(restrict=False), r.mask(())]
+        r = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size)
+        masks = [r.mask(restrict=False), r.mask()]
         masks += [r.mask([scores.edges[i] for i in order[:k]]) for k in counts]
         means = r.run(masks).mean(1).tolist()
     tf, te = means[0], means[1]

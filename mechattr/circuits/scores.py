@@ -33,21 +33,19 @@ import torch
 from torch import Tensor
 
 from mechattr.attribution.schedules import SCHEDULES
-from mechattr.components import Edge, model_edges, parse_edge
-from mechattr.inputs import prepare_pair, prepare_tokens
+from mechattr.circuits._run import Setup
+from mechattr.components import Edge, parse_edge
 from mechattr.interventions.edges import (
     ABLATIONS,
     Graph,
     edge_effects,
-    reference_outputs,
-    sender_outputs,
 )
 from mechattr.io import load_result, save_result, versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.chunks import max_rows, row_chunks
 from mechattr.runtime.hooks import hooked
 from mechattr.runtime.split import split_io
-from mechattr.targets import check_finite, check_target_rows, run_target
+from mechattr.targets import check_finite, run_target
 
 METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "clean_corrupted", "exact")
 
@@ -146,22 +144,9 @@ def attribute_edges(
     if method == "clean_corrupted" and ablation != "patch":
         raise ValueError("method='clean_corrupted' takes gradients at the corrupted run: it needs ablation='patch'")
     with model_guard(model), split_io(model) as io:
-        if corrupted is None:
-            if ablation == "patch":
-                raise ValueError("ablation='patch' needs a corrupted input (or use ablation='mean'|'zero')")
-            c, x = prepare_tokens(model, clean, attention_mask, name="clean"), None
-        else:
-            c, x = prepare_pair(model, clean, corrupted, attention_mask)
-        check_target_rows(target, c.shape[0])
+        run = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size, edges)
+        c, x, es, graph, clean_out, ref = run.c, run.x, run.edges, run.graph, run.clean_out, run.ref
         max_rows(model, c.shape[1], batch_size, c.tokens.device)
-        es = model_edges(model) if edges is None else [parse_edge(e, model) for e in edges]
-        if not es:
-            raise ValueError("edges is empty: pass at least one edge (or None for every edge)")
-        graph = Graph.of(model, io, es)
-        with torch.no_grad():
-            clean_out = sender_outputs(model, c.tokens, graph, c.attention_mask)
-            corr_out = None if x is None else sender_outputs(model, x.tokens, graph, x.attention_mask)
-        ref = reference_outputs(clean_out, ablation, corr_out)
         delta = ref - clean_out
         settings: dict[str, Any] = {"method": method, "ablation": ablation, "versions": versions()}
         totals: dict[str, float] = {}

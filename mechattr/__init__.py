@@ -56,7 +56,7 @@ _LAZY = {
     "validate": "mechattr.validation",
     "ValidationReport": "mechattr.validation",
 }
-_SUBMODULES = ("organisms", "faithfulness", "attribution", "interventions", "circuits", "graph", "validation", "report")
+_SUBMODULES = ("organisms", "faithfulness", "attribution", "interventions", "circuits", "graph", "validation", "report", "sweep")
 
 
 def __getattr__(name: str) -> Any:

@@ -53,7 +53,7 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (absent ones are skipped)."""
     import importlib
 
-    for mod in ("mechattr.report.cli", "mechattr.attribution.cli"):
+    for mod in ("mechattr.report.cli", "mechattr.attribution.cli", "mechattr.sweep.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as err:

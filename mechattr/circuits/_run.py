@@ -36,7 +36,8 @@ class Setup:
     inside ``model_guard`` and ``split_io``. :meth:`run` evaluates ablated-edge masks."""
 
     def __init__(self, model: Any, io: Any, clean: Any, corrupted: Any, target: Callable, ablation: str,
-                 attention_mask: Any, batch_size: int | None, edges: Sequence[Any] | None = None):
+                 attention_mask: Any, batch_size: int | None, edges: Sequence[Any] | None = None, linear: Any = None,
+                 defer_clean: bool = False):
         self.c, self.x = prepare_inputs(model, clean, corrupted, ablation, attention_mask)
         check_target_rows(target, self.c.shape[0])
         self.model, self.target, self.batch_size = model, target, batch_size
@@ -45,10 +46,16 @@ class Setup:
             raise ValueError("edges is empty: pass at least one edge (or None for every edge)")
         self.index = {e: i for i, e in enumerate(self.edges)}
         self.graph = Graph.of(model, io, self.edges)
+        self.ablation, self.linear = ablation, linear
         with torch.no_grad():
-            self.clean_out = sender_outputs(model, self.c.tokens, self.graph, self.c.attention_mask)
-            corr = None if self.x is None else sender_outputs(model, self.x.tokens, self.graph, self.x.attention_mask)
-        self.ref = reference_outputs(self.clean_out, ablation, corr)
+            self.corr_out = None if self.x is None else sender_outputs(model, self.x.tokens, self.graph, self.x.attention_mask, linear)
+            if not defer_clean:  # else the caller's own clean forward supplies them (set_clean)
+                self.set_clean(sender_outputs(model, self.c.tokens, self.graph, self.c.attention_mask, linear))
+
+    def set_clean(self, clean_out: Tensor) -> None:
+        """The clean sender outputs (and the references that depend on them)."""
+        self.clean_out = clean_out
+        self.ref = reference_outputs(clean_out, self.ablation, self.corr_out)
 
     def mask(self, keep: Iterable[Any] = (), knock: Iterable[Any] = (), restrict: bool = True) -> Tensor:
         """Ablated edges: all outside ``keep`` (when ``restrict``) plus those leaving ``knock``."""

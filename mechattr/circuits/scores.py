@@ -39,15 +39,19 @@ from mechattr.interventions.edges import (
     ABLATIONS,
     Graph,
     edge_effects,
+    output_hooks,
+    stack_outputs,
 )
 from mechattr.io import load_result, save_result, versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.chunks import max_rows, row_chunks
 from mechattr.runtime.hooks import hooked
+from mechattr.runtime.linear_io import linear_io
 from mechattr.runtime.split import split_io
 from mechattr.targets import check_finite, run_target
 
 METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "clean_corrupted", "exact")
+LINEAR_METHODS = ("eap", "clean_corrupted", "eap_ig_inputs")
 
 
 @dataclass
@@ -120,6 +124,7 @@ def attribute_edges(
     n_steps: int = 10,
     edges: Sequence[Any] | None = None,
     per_position: bool = False,
+    engine: str = "auto",
     batch_size: int | None = None,
     attention_mask: Any = None,
 ) -> EdgeScores:
@@ -131,6 +136,10 @@ def attribute_edges(
     ``per_position`` (gradient methods): also :attr:`EdgeScores.per_position` ``[edge,
     batch, pos]``, the terms ``Δ_s · g_r`` at each example and position (they sum to the
     scores); for edges from the input it says which tokens the edge carries.
+    ``engine``: ``"auto"`` computes ``eap``, ``clean_corrupted`` and ``eap_ig_inputs`` from
+    unsplit forwards where :func:`mechattr.runtime.linear_io.linear_io` verifies that the
+    per-head inputs are linear maps of them (same numbers, several times faster on a CPU);
+    ``"split"`` always runs TransformerLens's split forwards.
     """
     check_model(model)
     if method not in METHODS:
@@ -143,12 +152,18 @@ def attribute_edges(
         raise ValueError("per_position needs a gradient method (eap, clean_corrupted, eap_ig_*), not 'exact'")
     if method == "clean_corrupted" and ablation != "patch":
         raise ValueError("method='clean_corrupted' takes gradients at the corrupted run: it needs ablation='patch'")
-    with model_guard(model), split_io(model) as io:
-        run = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size, edges)
-        c, x, es, graph, clean_out, ref = run.c, run.x, run.edges, run.graph, run.clean_out, run.ref
+    if engine not in ("auto", "split"):
+        raise ValueError(f"unknown engine {engine!r}; allowed: ['auto', 'split']")
+    lio = linear_io(model) if engine == "auto" and method in LINEAR_METHODS else None
+    with model_guard(model), split_io(model, heads=lio is None) as io:
+        fused = method in ("eap", "clean_corrupted")  # the clean gradient forward also reads the sender outputs
+        run = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size, edges, lio, defer_clean=fused)
+        c, x, es, graph = run.c, run.x, run.edges, run.graph
         max_rows(model, c.shape[1], batch_size, c.tokens.device)
+        grads = _receiver_grads(model, c, x, graph, None, None, target, method, n_steps, batch_size, lio, run) if fused else None
+        clean_out, ref = run.clean_out, run.ref
         delta = ref - clean_out
-        settings: dict[str, Any] = {"method": method, "ablation": ablation, "versions": versions()}
+        settings: dict[str, Any] = {"method": method, "ablation": ablation, "engine": "linear" if lio else "split", "versions": versions()}
         totals: dict[str, float] = {}
         if method == "exact":
             with torch.no_grad():
@@ -160,7 +175,7 @@ def attribute_edges(
             if method == "eap_ig_activations":
                 grads, totals = _receiver_paths(model, c, graph, delta, target, n_steps, batch_size)
             else:
-                grads = _receiver_grads(model, c, x, graph, ref, clean_out, target, method, n_steps, batch_size)
+                grads = grads or _receiver_grads(model, c, x, graph, ref, clean_out, target, method, n_steps, batch_size, lio)
             scores, pp = _contract(graph, delta, grads, per_position)
         out = EdgeScores(es, scores.detach().float().cpu(), method, settings, totals)
         out.per_position = None if method == "exact" or pp is None else pp.detach().float().cpu()
@@ -173,36 +188,51 @@ def _receiver_hooks(graph: Graph) -> list[str]:
 
 def _contract(graph: Graph, delta: Tensor, grads: dict[str, Tensor], per_position: bool = False) -> tuple[Tensor, Tensor | None]:
     """``score_e = Σ_{b,pos,d} Δ_s · g_r`` for every edge (``grads``: per receiver hook);
-    with ``per_position`` also the terms ``[edge, batch, pos]`` before the sum over ``b, pos``."""
+    with ``per_position`` also the terms ``[edge, batch, pos]`` before the sum over ``b, pos``.
+
+    Per receiver hook one matrix product ``Δ [senders, b·pos·d] @ g [b·pos·d, slots]`` over
+    the upstream senders (``Δ`` flattened once)."""
     out = torch.empty(len(graph.edges), device=delta.device)
     first = next(iter(grads.values()))
     pp = torch.empty(len(graph.edges), first.shape[0], first.shape[1], device=delta.device) if per_position else None
     d = delta.expand(first.shape[0], *delta.shape[1:]) if delta.shape[0] == 1 else delta
-    by_hook: dict[str, list[int]] = {}
+    d = d.float()
+    flat = None if per_position else d.permute(2, 0, 1, 3).reshape(d.shape[2], -1)  # [sender, b·pos·d]
+    s_index = {s: i for i, s in enumerate(graph.senders)}
+    by_hook: dict[str, list[tuple[int, int, int]]] = {}
     for i, e in enumerate(graph.edges):
-        by_hook.setdefault(graph.io.receiver(e.receiver, e.input)[0], []).append(i)
-    for hook, ids in by_hook.items():
+        hook, idx = graph.io.receiver(e.receiver, e.input)
+        by_hook.setdefault(hook, []).append((i, s_index[e.sender], idx[1] if idx else 0))
+    for hook, items in by_hook.items():
         g = grads[hook].float()
         g = g if g.ndim == 4 else g[:, :, None]  # [b, pos, slot, d]
+        n_up = 1 + max(si for _, si, _ in items)
         if per_position:
-            full = torch.einsum("bpsd,bprd->bpsr", d.float(), g)
+            full = torch.einsum("bpsd,bprd->bpsr", d[:, :, :n_up], g)
             m = full.sum((0, 1))
         else:
-            m = torch.einsum("bpsd,bprd->sr", d.float(), g)  # [sender, slot]
-        for i in ids:
-            e = graph.edges[i]
-            idx = graph.io.receiver(e.receiver, e.input)[1]
-            si, ri = graph.senders.index(e.sender), (idx[1] if idx else 0)
-            out[i] = m[si, ri]
-            if pp is not None:
-                pp[i] = full[:, :, si, ri]
+            m = flat[:n_up] @ g.permute(0, 1, 3, 2).reshape(-1, g.shape[2])  # type: ignore[index]
+        ids = torch.tensor([i for i, _, _ in items], device=out.device)
+        rows = torch.tensor([si for _, si, _ in items], device=m.device)
+        cols = torch.tensor([ri for _, _, ri in items], device=m.device)
+        out[ids] = m[rows, cols].to(out.device)
+        if pp is not None:
+            pp[ids] = full[:, :, rows, cols].permute(2, 0, 1)
     return out, pp
 
 
-def _grad_run(model: Any, tokens: Tensor, mask: Tensor | None, target: Callable, names: list[str], n: int, input_values: Tensor | None) -> dict[str, Tensor]:
+def _grad_run(model: Any, tokens: Tensor, mask: Tensor | None, target: Callable, names: list[str], n: int, input_values: Tensor | None, linear: Any = None, capture: Any = None) -> dict[str, Tensor]:
     """``∂(Σ target / n)/∂x`` at every hook in ``names`` for one forward of ``tokens`` rows
-    (``input_values``: replaces ``blocks.0.hook_resid_pre``)."""
+    (``input_values``: replaces ``blocks.0.hook_resid_pre``). With ``linear``, the per-head
+    ``hook_{q,k,v}_input`` gradients come from ``hook_{q,k,v}`` and ``ln1``'s VJP. With
+    ``capture`` (a :class:`mechattr.circuits._run.Setup` whose clean outputs are deferred),
+    this forward also supplies its clean sender outputs."""
     leaves: dict[str, Tensor] = {}
+    resid: dict[int, Tensor] = {}
+    asked = list(names)
+    qkv_layers = sorted({int(k.split(".")[1]) for k in names if k.endswith("_input")}) if linear is not None else []
+    if qkv_layers:
+        names = [k for k in names if not k.endswith("_input")] + [f"blocks.{layer}.attn.hook_{w}" for layer in qkv_layers for w in "qkv"]
 
     def leaf(name: str) -> Callable:
         def add(x: Tensor, hook: Any = None) -> Tensor:
@@ -216,23 +246,51 @@ def _grad_run(model: Any, tokens: Tensor, mask: Tensor | None, target: Callable,
     if input_values is not None:
         hooks.append(("blocks.0.hook_resid_pre", lambda x, hook=None: input_values.to(x.dtype) + 0 * x))
     hooks += [(k, leaf(k)) for k in names]
+
+    def keep(layer: int) -> Callable:
+        def fn(x: Tensor, hook: Any = None) -> Tensor:
+            resid[layer] = x.detach()
+            return x
+
+        return fn
+
+    hooks += [(f"blocks.{layer}.hook_resid_pre", keep(layer)) for layer in qkv_layers]
+    seen: dict[str, Tensor] = {}
+
+    def grab(name: str) -> Callable:
+        def fn(x: Tensor, hook: Any = None) -> Tensor:
+            seen[name] = x.detach()
+            return x
+
+        return fn
+
+    if capture is not None:
+        hooks += [(k, grab(k)) for k in output_hooks(capture.graph, capture.linear)]
     with hooked(model, hooks), torch.enable_grad():
         f = run_target(model, tokens, target, attention_mask=mask, n_examples=n)
         check_finite(f, "target")
         gs = torch.autograd.grad(f.sum() / n, [leaves[k] for k in names], allow_unused=True)
-    return {k: (torch.zeros_like(leaves[k]) if g is None else g.detach()) for k, g in zip(names, gs)}
+    out = {k: (torch.zeros_like(leaves[k]) if g is None else g.detach()) for k, g in zip(names, gs)}
+    if capture is not None:
+        with torch.no_grad():
+            capture.set_clean(stack_outputs(seen, capture.graph, capture.linear))
+    for layer in qkv_layers:
+        per = linear.input_grads(layer, resid[layer], {w: out.pop(f"blocks.{layer}.attn.hook_{w}") for w in "qkv"})
+        for w, g in per.items():
+            out[f"blocks.{layer}.hook_{w}_input"] = g
+    return {k: out[k] for k in asked}
 
 
-def _receiver_grads(model: Any, c: Any, x: Any, graph: Graph, ref: Tensor, clean_out: Tensor, target: Callable, method: str, n_steps: int, batch_size: int | None) -> dict[str, Tensor]:
+def _receiver_grads(model: Any, c: Any, x: Any, graph: Graph, ref: Tensor | None, clean_out: Tensor | None, target: Callable, method: str, n_steps: int, batch_size: int | None, linear: Any = None, capture: Any = None) -> dict[str, Tensor]:
     """Receiver gradients averaged over the method's points (``eap``: clean; ``clean_corrupted``:
     clean and corrupted; ``eap_ig_inputs``: the input path)."""
     names = _receiver_hooks(graph)
     B = c.shape[0]
     if method == "eap":
-        return _grad_run(model, c.tokens, c.attention_mask, target, names, B, None)
+        return _grad_run(model, c.tokens, c.attention_mask, target, names, B, None, linear, capture)
     if method == "clean_corrupted":
-        g1 = _grad_run(model, c.tokens, c.attention_mask, target, names, B, None)
-        g2 = _grad_run(model, x.tokens, x.attention_mask, target, names, B, None)
+        g1 = _grad_run(model, c.tokens, c.attention_mask, target, names, B, None, linear, capture)
+        g2 = _grad_run(model, x.tokens, x.attention_mask, target, names, B, None, linear)
         return {k: (g1[k] + g2[k]) / 2 for k in names}
     i_in = graph.senders.index(next(s for s in graph.senders if str(s) == "input"))
     x_clean, x_ref = clean_out[:, :, i_in], ref[:, :, i_in].expand_as(clean_out[:, :, i_in])
@@ -243,7 +301,7 @@ def _receiver_grads(model: Any, c: Any, x: Any, graph: Graph, ref: Tensor, clean
         a = alphas[sl].repeat_interleave(B)[:, None, None]
         vals = x_ref.repeat(len(a) // B, 1, 1) + a * (x_clean - x_ref).repeat(len(a) // B, 1, 1)
         mask = None if c.attention_mask is None else c.attention_mask.repeat(len(a) // B, 1)
-        g = _grad_run(model, c.tokens.repeat(len(a) // B, 1), mask, target, names, B, vals)
+        g = _grad_run(model, c.tokens.repeat(len(a) // B, 1), mask, target, names, B, vals, linear)
         for k, v in g.items():
             v = v.reshape(len(a) // B, B, *v.shape[1:]).sum(0)
             acc[k] = acc[k] + v if k in acc else v

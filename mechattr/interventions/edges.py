@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from mechattr.components import Edge, Logits, Node, model_nodes
+from mechattr.components import Edge, Head, Logits, Node, model_nodes
 from mechattr.interventions.variants import (
     Edit,
     Mode,
@@ -62,9 +62,30 @@ class Graph:
         return list(dict.fromkeys(self.io.sender(s)[0] for s in self.senders))
 
 
-def sender_outputs(model: Any, tokens: Tensor, graph: Graph, attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos sender d_model"]:
-    """Every sender's output in one forward of ``tokens`` (split hooks on), stacked."""
-    acts = cache_activations(model, tokens, graph.sender_hooks(), attention_mask=attention_mask)
+def sender_outputs(model: Any, tokens: Tensor, graph: Graph, attention_mask: Tensor | None = None, linear: Any = None) -> Float[Tensor, "batch pos sender d_model"]:
+    """Every sender's output in one forward of ``tokens`` (split hooks on), stacked. With
+    ``linear`` (:class:`mechattr.runtime.linear_io.LinearIO`) heads' outputs are computed
+    from ``hook_z`` instead (no split forward)."""
+    acts = cache_activations(model, tokens, output_hooks(graph, linear), attention_mask=attention_mask)
+    return stack_outputs(acts, graph, linear)
+
+
+def output_hooks(graph: Graph, linear: Any = None) -> list[str]:
+    """The hooks :func:`stack_outputs` reads."""
+    if linear is None:
+        return graph.sender_hooks()
+    names = [f"blocks.{n.layer}.attn.hook_z" if isinstance(n, Head) else graph.io.sender(n)[0] for n in graph.senders]
+    return list(dict.fromkeys(names))
+
+
+def stack_outputs(acts: dict[str, Tensor], graph: Graph, linear: Any = None) -> Tensor:
+    """``[batch, pos, sender, d_model]`` sender outputs from the activations at :func:`output_hooks`."""
+    acts = dict(acts)
+    if linear is not None:
+        for layer in range(graph.io.n_layers):
+            z = acts.pop(f"blocks.{layer}.attn.hook_z", None)
+            if z is not None:
+                acts[f"blocks.{layer}.attn.hook_result"] = linear.head_outputs(layer, z)
     outs = []
     for s in graph.senders:
         hook, idx = graph.io.sender(s)
@@ -126,7 +147,8 @@ def _receiver_plan(graph: Graph) -> dict[str, tuple[list[int], Tensor]]:
     plan = {}
     for hook, m in slots.items():
         send = sorted({s for s, _ in m})
-        n_slot = 1 + max(r for _, r in m)
+        # every head of the hook has a slot, also those no edge of this graph reaches
+        n_slot = io.n_heads if hook.endswith("hook_q_input") else io.n_kv_heads if hook.endswith(("hook_k_input", "hook_v_input")) else 1
         ids = torch.full((len(send), n_slot), -1, dtype=torch.long)
         for (s, r), i in m.items():
             ids[send.index(s), r] = i

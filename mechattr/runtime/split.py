@@ -99,8 +99,9 @@ def layout(model: Any) -> SplitIO:
 
 
 @contextlib.contextmanager
-def split_io(model: Any, *, check: bool = True) -> Iterator[SplitIO]:
-    """Turn on per-head inputs/outputs and the MLP-input hook for the ``with`` block.
+def split_io(model: Any, *, check: bool = True, heads: bool = True) -> Iterator[SplitIO]:
+    """Turn on per-head inputs/outputs and the MLP-input hook for the ``with`` block
+    (``heads=False``: only the MLP-input hook, for :mod:`mechattr.runtime.linear_io`).
 
     Raises ``ValueError`` for models where TransformerLens cannot split the inputs (e.g.
     bridges of gated attention), checked once per model with a two-token forward that must
@@ -109,7 +110,8 @@ def split_io(model: Any, *, check: bool = True) -> Iterator[SplitIO]:
         err = _split_error(model)
         if err:
             raise SplitUnsupported(err)
-    old = set_flags(model, {f: True for f in flags_for(model)})
+    flags = [f for f in flags_for(model) if heads or f == "use_hook_mlp_in"]
+    old = set_flags(model, {f: True for f in flags})
     try:
         yield layout(model)
     finally:

@@ -177,3 +177,15 @@ def test_evaluate_rejects_bad_circuits(hf_pair):
         evaluate_circuit(m, ["L7H0->logits"], clean, corr, t)
     with pytest.raises(ValueError, match="unknown ablation"):
         evaluate_circuit(m, ["input->logits"], clean, corr, t, ablation="resample")
+
+
+def test_acdc_on_an_edge_subset_missing_heads(hf_pair):
+    """A subset that leaves out some heads' inputs entirely still runs (and equals sequential ACDC)."""
+    m = both_sides(hf_pair)[0]
+    clean, corr = _pair(seed=4)
+    t = _target(clean)
+    sub = [e for e in model_edges(m) if all(str(n) in ("input", "logits", "L0H0", "L1H0", "MLP0", "MLP1") for n in (e.sender, e.receiver))]
+    exact = attribute_edges(m, clean, corr, t, method="exact", edges=sub).scores.abs()
+    tau = float(exact.quantile(0.5))
+    got = acdc(m, clean, corr, t, tau=tau, edges=sub, prune=False)
+    assert set(got.edges) == set(_sequential_acdc(m, clean, corr, t, sub, tau))

@@ -224,3 +224,31 @@ def test_per_position_terms_sum_to_the_scores(hf_pair, tmp_path):
     assert torch.equal(type(s).load(tmp_path / "pp").per_position, s.per_position)
     with pytest.raises(ValueError, match="per_position needs a gradient method"):
         attribute_edges(m, clean, corr, _target(m, clean), method="exact", per_position=True)
+
+
+@pytest.mark.parametrize("method", ["eap", "clean_corrupted", "eap_ig_inputs"])
+def test_unsplit_engine_equals_split_forwards(hf_pair, method):
+    """The linear-map path (no split forwards) gives the split forwards' numbers."""
+    for m in _models(hf_pair):
+        clean, corr = _pair(seed=7)
+        t = _target(m, clean)
+        auto = attribute_edges(m, clean, corr, t, method=method, n_steps=2)
+        split = attribute_edges(m, clean, corr, t, method=method, n_steps=2, engine="split")
+        assert split.settings["engine"] == "split"
+        torch.testing.assert_close(auto.scores, split.scores, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown engine 'fast'"):
+        attribute_edges(m, clean, corr, t, engine="fast")
+
+
+@requires_hooked
+def test_linear_path_is_used_only_where_verified():
+    from mechattr.runtime.linear_io import linear_io
+
+    assert linear_io(make_model(n_layers=2, d_vocab=40)) is not None
+    rotary = make_model(n_layers=2, d_vocab=40, positional_embedding_type="rotary", rotary_dim=8)
+    assert linear_io(rotary) is not None  # hook_q is taken before the rotation, so still linear
+    clean, corr = _pair()
+    t = targets.logit(clean[:, -1])
+    a = attribute_edges(rotary, clean, corr, t, method="eap")
+    b = attribute_edges(rotary, clean, corr, t, method="eap", engine="split")
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-4)

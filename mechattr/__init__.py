@@ -7,26 +7,36 @@ Public API (re-exports only; heavier submodules load on first use). See the READ
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from mechattr import targets
-from mechattr.components import (
-    MLP,
-    Edge,
-    Head,
-    Input,
-    Logits,
-    all_heads,
-    all_mlps,
-    model_edges,
-    parse_component,
-    parse_components,
-    parse_edge,
-)
-from mechattr.inputs import Batch, prepare_tokens
-from mechattr.model import ModelNotFoundError, load_model, model_guard
+if TYPE_CHECKING:  # the names below load on first access (see _LAZY)
+    from mechattr.components import (  # noqa: F401
+        MLP,
+        Edge,
+        Head,
+        Input,
+        Logits,
+        all_heads,
+        all_mlps,
+        model_edges,
+        parse_component,
+        parse_components,
+        parse_edge,
+    )
+    from mechattr.inputs import Batch, prepare_tokens  # noqa: F401
+    from mechattr.model import ModelNotFoundError, load_model, model_guard  # noqa: F401
+
+# The light names: torch loads with them (targets, components, inputs, model), TransformerLens
+# only when a model is touched. Nothing is imported by `import mechattr` itself, so that
+# `mechattr --help` and `import mechattr` are instant (benchmarks/startup.md).
+_LIGHT = {
+    **dict.fromkeys(("Head", "MLP", "Edge", "Input", "Logits", "all_heads", "all_mlps", "model_edges",
+                     "parse_component", "parse_components", "parse_edge"), "mechattr.components"),
+    **dict.fromkeys(("Batch", "prepare_tokens"), "mechattr.inputs"),
+    **dict.fromkeys(("ModelNotFoundError", "load_model", "model_guard"), "mechattr.model"),
+}
 
 # name -> module that defines it (imported lazily on first access)
 _LAZY = {
@@ -60,15 +70,18 @@ _SUBMODULES = ("organisms", "faithfulness", "attribution", "interventions", "cir
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in _SUBMODULES:
+    """PEP 562: a public name's module is imported on first access (then cached here)."""
+    if name in _LAZY or name in _LIGHT:
+        value = getattr(importlib.import_module(_LAZY.get(name) or _LIGHT[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES or name == "targets":
         return importlib.import_module(f"mechattr.{name}")
     raise AttributeError(f"module 'mechattr' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_LAZY) | set(_LIGHT) | set(_SUBMODULES) | {"targets"})
 
 
 __all__ = [

@@ -11,7 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mechattr.runtime.tl import get_act_name
+
+def get_act_name(name: str, layer: int | None = None) -> str:
+    """TransformerLens's canonical hook name (``get_act_name``), TransformerLens imported on first use."""
+    from mechattr.runtime import tl
+
+    return tl.get_act_name(name, layer)
+
 
 _HEAD_RE = re.compile(r"^\s*L?(\d+)\s*[H.:,]\s*(\d+)\s*$", re.IGNORECASE)
 _MLP_RE = re.compile(r"^\s*MLP\s*(\d+)\s*$|^\s*L(\d+)\s*MLP\s*$|^\s*M(\d+)\s*$", re.IGNORECASE)

@@ -3,15 +3,18 @@
 For each organism (``induction``, trained; ``planted_induction``, analytic weights) it runs
 :func:`mechattr.validate` on a seeded task batch with the card's circuit roles and one
 deliberately wrong claim (a seeded random head outside the circuit) and writes
-``<out>/<organism>/report.html`` + ``report.json`` (``<out>/report.html`` is the induction
-one). It then checks the verdicts: the card's heads confirmed, the copied-token attribution
-confirmed (token claim of the primary method, ground-truth hit rate above random), the
-wrong claim not confirmed. Exit status 1 when a check fails.
+``<out>/<organism>/report.html`` + ``report.json`` (each with its circuit section). It then
+checks the verdicts: the card's heads confirmed, the copied-token attribution confirmed
+(token claim of the primary method, ground-truth hit rate above random), the wrong claim not
+confirmed, the circuit found. ``<out>/index.html`` links every report the demo made (and
+every other page in an organism's directory) with its checks. The terminal output fits 100
+columns. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
 
-import shutil
+import html
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -51,26 +54,64 @@ def check(rep: Any) -> list[tuple[str, bool, str]]:
     return out
 
 
+WIDTH = 100  # terminal columns the printed summary fits
+
+
+def write_index(root: Path, results: dict[str, dict[str, Any]]) -> Path:
+    """``root/index.html``: one row per organism (claims confirmed, the demo's checks) linking
+    every ``.html``/``.json`` page in ``root/<organism>/``; self-contained, no scripts.
+
+    ``results``: organism → ``{"confirmed": int, "claims": int, "checks": [(what, ok, numbers)],
+    "seconds": float}``."""
+    e = html.escape
+    rows = []
+    for name, r in results.items():
+        pages = sorted(p for p in (root / name).glob("*") if p.suffix in (".html", ".json"))
+        links = " · ".join(f'<a href="{e(name)}/{e(p.name)}">{e(p.name)}</a>' for p in pages)
+        checks = "".join(f'<li class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {e(what)} '
+                         f'<span class="n">({e(str(nums))})</span></li>' for what, ok, nums in r["checks"])
+        rows.append(f"<tr><td><b>{e(name)}</b></td><td>{r['confirmed']}/{r['claims']}</td>"
+                    f"<td><ul>{checks}</ul></td><td>{links}</td><td>{r['seconds']:.0f} s</td></tr>")
+    ok_all = all(ok for r in results.values() for _, ok, _ in r["checks"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mechattr demo</title><style>
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:72em}} table{{border-collapse:collapse}}
+td,th{{border-top:1px solid #ddd;padding:.5em;vertical-align:top;text-align:left}} ul{{margin:0;padding-left:1em}}
+li{{list-style:none}} .ok{{color:#176117}} .bad{{color:#b00020;font-weight:bold}} .n{{color:#666}}
+</style></head><body><h1>mechattr demo</h1>
+<p>{"All checks passed." if ok_all else '<span class="bad">Some checks failed.</span>'} One report per
+shipped model organism: claims (token maps, heads, links) tested with interventions against random
+controls, and the circuit section. Open a report for the details.</p>
+<table><tr><th>organism</th><th>claims confirmed</th><th>demo checks</th><th>pages</th><th>time</th></tr>
+{"".join(rows)}</table></body></html>
+"""
+    out = root / "index.html"
+    out.write_text(page)
+    return out
+
+
 def run_demo(out: str = "reports/demo", seed: int = 0, organisms: tuple[str, ...] = tuple(DEMO), quiet: bool = False, **kw: Any) -> int:
     from mechattr.report.cli import print_summary, run_report
 
     root = Path(out)
     ok_all = True
     t_all = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
     for name in organisms:
         cfg = {**DEMO[name], **kw}
         t0 = time.perf_counter()
         print(f"\n== {name} ==")
         rep = run_report(model=f"organism:{name}", task=name, out=root / name, card=True, wrong=True, seed=seed,
                          quiet=quiet, threads=1, device="cpu", **cfg)
-        print_summary(rep, root / name)
-        for what, ok, nums in check(rep):
+        print_summary(rep, root / name, width=WIDTH)
+        checks = check(rep)
+        for what, ok, nums in checks:
             ok_all &= ok
-            print(f"  [{'ok' if ok else 'FAILED'}] {what} ({nums})")
-        print(f"  {name}: {time.perf_counter() - t0:.1f} s")
-        if name == organisms[0]:
-            for f in ("report.html", "report.json"):
-                shutil.copyfile(root / name / f, root / f)
-    print(f"\ndemo finished in {time.perf_counter() - t_all:.1f} s; open {root / 'report.html'}"
+            print(textwrap.fill(f"  [{'ok' if ok else 'FAILED'}] {what} ({nums})", WIDTH, subsequent_indent="      "))
+        seconds = time.perf_counter() - t0
+        print(f"  {name}: {seconds:.1f} s")
+        results[name] = {"confirmed": len(rep.confirmed()), "claims": len(rep.claims), "checks": checks,
+                         "seconds": seconds}
+    index = write_index(root, results)
+    print(f"\ndemo finished in {time.perf_counter() - t_all:.1f} s; open {index}"
           + ("" if ok_all else "\nSOME CHECKS FAILED (see above)"))
     return 0 if ok_all else 1

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechattr.checks import check_tokens_arg
 from mechattr.runtime.device import model_device
 
 
@@ -134,6 +135,7 @@ def prepare_tokens(
     """
     if isinstance(tokens, Batch):
         return tokens
+    check_tokens_arg(tokens, name)  # a target, a model or None in the tokens' place
     if isinstance(tokens, str):
         tokens = [tokens]
     if isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens):

@@ -52,6 +52,9 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
     ``training`` flag, each parameter's ``requires_grad`` and ``.grad``, and the
     TransformerLens config flags. Nested guards are safe: each restores its own snapshot.
     """
+    from mechattr.checks import check_model_arg
+
+    check_model_arg(model)  # e.g. a model name string: say so instead of "'str' has no attribute 'modules'"
     modules = list(model.modules())
     hook_keys = [[set(d.keys()) for d in _hook_dicts(m)] for m in modules]
     lens_handles = [

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechattr.checks import check_finite, check_target_rows  # noqa: F401 (re-exported)
+from mechattr.checks import check_finite, check_target_rows, check_token_ids  # noqa: F401 (re-exported)
 from mechattr.positions import (  # noqa: F401,E402
     PosSpec,
     check_not_padding,
@@ -39,6 +39,7 @@ from mechattr.runtime.readout import (  # noqa: F401 (re-exported)
 
 
 def _as_ids(token_ids: Any, name: str = "token_ids") -> Tensor:
+    check_token_ids(token_ids, name)  # e.g. logit("t9"): a word, not an id
     t = torch.as_tensor(token_ids)
     if t.is_floating_point() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be integer token ids, got dtype {t.dtype}")
@@ -205,6 +206,7 @@ class SequenceLogProb(Target):
     _per_example = ("answer",)
 
     def __init__(self, answer: Any, pos: PosSpec | None = None) -> None:
+        check_token_ids(answer, "answer")
         a = torch.as_tensor(answer)
         if a.is_floating_point() or a.dtype == torch.bool:
             raise ValueError(f"answer must be integer token ids, got dtype {a.dtype}")

@@ -33,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechattr.attribution import _sites
+from mechattr.checks import check_target_arg
 from mechattr.inputs import prepare_tokens
 from mechattr.model import check_model, model_guard
 from mechattr.registry import Registry
@@ -133,8 +134,7 @@ def attribute_attention(
     (``δ`` is ``None`` for ``grad_x_attn``).
     """
     check_model(model)
-    if not callable(target):
-        raise TypeError(f"target must be callable (logits [batch, pos, vocab] -> [batch]); got {type(target).__name__}")
+    check_target_arg(target)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
     fn = ATTENTION_METHODS.get(method)

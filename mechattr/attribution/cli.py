@@ -14,16 +14,25 @@ from mechattr.cli import command
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="organism:<name>, a local HF directory, or a cached HF repo id")
-    p.add_argument("text", help="the prompt")
-    p.add_argument("--answer", default=None, help="next token to explain (string or id); default: top prediction")
-    p.add_argument("--method", default="ig", help="attribution method (see mechattr.attribution.tokens.method_names())")
-    p.add_argument("--n-steps", type=int, default=None)
-    p.add_argument("--baseline", default=None, help="zero, pad, mask, mean, uniform, gaussian or a token id")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help="save the result (.json or .safetensors)")
+    from mechattr.attribution.baselines import NAMED
+    from mechattr.attribution.tokens import METHODS, method_names
+
+    methods = ", ".join(f"{m} ({METHODS.get(m).default_steps} steps)" if METHODS.get(m).default_steps else m
+                        for m in method_names())
+    p.add_argument("model", help="organism:<name>, a local HF model directory, or a HF model name in the local cache")
+    p.add_argument("text", help="the prompt (words the tokenizer does not know are an error)")
+    p.add_argument("--answer", default=None,
+                   help="the next token to explain: a token string or an id (default: the model's top prediction)")
+    p.add_argument("--method", default="ig", help=f"attribution method, one of: {methods}")
+    p.add_argument("--n-steps", type=int, default=None,
+                   help="path steps for path methods (default: the method's own, listed under --method)")
+    p.add_argument("--baseline", default=None,
+                   help=f"baseline: {', '.join(NAMED)} or a token id (default: the zero embedding with additive "
+                        f"positional embeddings, else the mean token embedding)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random baselines and samplers")
+    p.add_argument("--top-k", type=int, default=5, help="how many tokens to print")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    p.add_argument("--out", default=None, help="save the result to this .json or .safetensors file (default: not saved)")
 
 
 def _answer_id(model, answer: str | None, logits) -> int:

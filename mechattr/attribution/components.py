@@ -25,6 +25,7 @@ from mechattr.attribution import _sites
 from mechattr.attribution import atp_star as _atp_star  # noqa: F401  (registers "atp_star")
 from mechattr.attribution.component_methods import COMPONENT_METHODS, KINDS, Ctx
 from mechattr.attribution.component_result import ComponentAttribution
+from mechattr.checks import check_target_arg
 from mechattr.inputs import prepare_pair, prepare_tokens
 from mechattr.model import check_model, model_guard
 from mechattr.registry import Registry
@@ -36,8 +37,7 @@ __all__ = ["attribute_heads", "attribute_mlps", "attribute_neurons", "attribute_
 
 def _check_common(model: Any, target: Any, n_steps: Any) -> None:
     check_model(model)
-    if not callable(target):
-        raise TypeError(f"target must be callable (logits [batch, pos, vocab] -> [batch]); got {type(target).__name__}")
+    check_target_arg(target)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
 

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechattr.attribution.schedules import SCHEDULES, schedule
+from mechattr.checks import check_target_arg
 from mechattr.convergence import (  # noqa: F401
     CONVERGENCE_ATOL,
     CONVERGENCE_RTOL,
@@ -226,8 +227,7 @@ def path_integral(
     Rows ``R·S·batch`` run in chunks of ``batch_size`` (default: :func:`default_batch_size`);
     a plain-callable target gets whole-batch blocks of rows. Returns :class:`PathIntegral`.
     """
-    if not callable(target):
-        raise TypeError(f"target must be callable (logits [batch, pos, vocab] -> [batch]); got {type(target).__name__}")
+    check_target_arg(target)
     check_batch_size(batch_size)
     with model_guard(model):
         batch = prepare_tokens(model, tokens, attention_mask)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from mechattr.attribution import baselines as _bl
 from mechattr.attribution.paths import PathIntegral, path_integral
+from mechattr.checks import check_target_arg
 from mechattr.inputs import Batch, prepare_tokens
 from mechattr.model import model_guard
 from mechattr.registry import Registry
@@ -194,8 +195,7 @@ def attribute_tokens(
 
     _load_methods()
     spec = METHODS.get(method)
-    if not callable(target):
-        raise TypeError(f"target must be callable (logits [batch, pos, vocab] -> [batch]); got {type(target).__name__}")
+    check_target_arg(target)
     _check_options(method, spec.fn, method_kwargs)
     if n_steps is not None and (isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1):
         raise ValueError(f"n_steps must be an int ≥ 1, got {n_steps!r}")

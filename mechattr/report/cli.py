@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mechattr.cli import command
 
 DEFAULT_METHODS = "ig,input_x_gradient,saliency,attention"
@@ -45,6 +43,8 @@ def card_claims(organism: str) -> dict[str, list[str]]:
 
 def wrong_head(model: Any, organism: str, seed: int) -> str:
     """A seeded random head outside the organism's documented circuit (a deliberately wrong claim)."""
+    import torch
+
     from mechattr import organisms
     from mechattr.components import all_heads
 
@@ -57,6 +57,8 @@ def wrong_head(model: Any, organism: str, seed: int) -> str:
 
 
 def _prompt_inputs(model: Any, prompts: list[str], target: str | None, corrupt: list[str] | None) -> tuple[Any, Any, Any]:
+    import torch
+
     from mechattr import targets
     from mechattr.inputs import prepare_tokens, to_tokens
 
@@ -82,6 +84,8 @@ def _prompt_inputs(model: Any, prompts: list[str], target: str | None, corrupt: 
 @contextlib.contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     """torch's intra-op thread count set to ``threads`` (if given) for the scope, then restored."""
+    import torch
+
     before = torch.get_num_threads()
     try:
         if threads is not None:
@@ -162,36 +166,79 @@ def run_report(
         return rep
 
 
-def print_summary(rep: Any, out: str | Path) -> None:
-    import pandas as pd
+def format_summary(rep: Any, width: int = 100) -> list[str]:
+    """The verdict table of a :class:`ValidationReport` as lines of at most ``width`` columns:
+    claim (shortened with … past 40 characters), verdict, tests passed, and the numbers
+    wrapped under their column, or on indented lines below the row when that column would be
+    narrower than 48)."""
+    import textwrap
 
     df = rep.summary_frame()
-    with pd.option_context("display.width", 200, "display.max_colwidth", 90):
-        print(df[["claim", "verdict", "tests", "numbers"]].to_string(index=False))
+    claims = [str(c) for c in df["claim"]]
+    vw = max(len("verdict"), *(len(str(v)) for v in df["verdict"]))
+    tw = max(len("tests"), *(len(str(t)) for t in df["tests"]))
+    cw = max(len("claim"), min(40, width - vw - tw - 4, max((len(c) for c in claims), default=0)))
+    left = cw + vw + tw + 6
+    nw = width - left
+    below = nw < 48  # a narrow numbers column: the numbers go on their own indented lines instead
+    lines = [f"{'claim':<{cw}}  {'verdict':<{vw}}  {'tests':>{tw}}" + ("" if below else "  numbers")]
+    for claim, verdict, tests, numbers in zip(claims, df["verdict"], df["tests"], df["numbers"]):
+        c = claim if len(claim) <= cw else claim[: cw - 1] + "…"
+        row = f"{c:<{cw}}  {str(verdict):<{vw}}  {str(tests):>{tw}}"
+        wrap = textwrap.wrap(str(numbers), width - 4 if below else nw, break_on_hyphens=False) or [""]
+        if below:
+            lines += [row] + ["    " + w for w in wrap]
+        else:
+            lines += [f"{row}  {wrap[0]}"] + [" " * left + w for w in wrap[1:]]
+    return [ln.rstrip() for ln in lines]
+
+
+def print_summary(rep: Any, out: str | Path, width: int = 100) -> None:
+    """Print :func:`format_summary`, the skipped steps and where the report is (``width`` columns)."""
+    import textwrap
+
+    for line in format_summary(rep, width):
+        print(line)
     for s in rep.skipped:
-        print(f"skipped: {s['step']}: {s['reason']}")
-    print(f"\n{len(rep.confirmed())}/{len(rep.claims)} claims confirmed. Report: {Path(out) / 'report.html'} (+ report.json)")
+        print(textwrap.fill(f"skipped: {s['step']}: {s['reason']}", width, subsequent_indent="    "))
+    print(f"\n{len(rep.confirmed())}/{len(rep.claims)} claims confirmed.")
+    print(f"Report: {Path(out) / 'report.html'} (+ report.json)")
+
+
+def _organism_names() -> list[str]:
+    """The shipped organisms (weights + card) without importing them (that imports TransformerLens)."""
+    d = Path(__file__).resolve().parents[1] / "organisms" / "weights"
+    return sorted(f.stem for f in d.glob("*.safetensors") if f.with_suffix(".json").exists())
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="organism:<name>, a HF model name in the local cache, or a local directory (default: organism:<task>)")
+    from mechattr.attribution.tokens import method_names
+    from mechattr.faithfulness.removal import Removal
+
+    p.add_argument("--model", help="organism:<name>, a local HF model directory, or a HF model name in the local cache "
+                                    "(default: organism:<task> with --task; required with --prompt)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
-    src.add_argument("--task", help="a shipped organism's task (e.g. induction)")
-    p.add_argument("--target", help="answer token for --prompt (a token string, or id:<n>); default: the model's prediction")
-    p.add_argument("--corrupt", action="append", help="corrupted prompt(s) for path patching / AtP (same length)")
+    src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch; padded with a mask)")
+    src.add_argument("--task", help=f"a shipped organism's task, drawn --n times, one of: {', '.join(_organism_names())} "
+                                     f"(no default: give --task or --prompt)")
+    p.add_argument("--target", help="answer token for --prompt: a token string, or id:<n> (default: the model's prediction)")
+    p.add_argument("--corrupt", action="append",
+                   help="corrupted prompt(s) for path patching and AtP, one per --prompt, same length (default: none)")
     p.add_argument("--n", type=int, default=16, help="examples drawn from --task")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated token methods (default {DEFAULT_METHODS})")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help=f"comma-separated token attribution methods, from: {', '.join(method_names())}")
     p.add_argument("--claim", action="append", help="extra head claim: 'L1H2' or 'name=L1H0,L1H1' (repeatable)")
     p.add_argument("--card-claims", action="store_true", help="also test the organism card's circuit roles")
     p.add_argument("--wrong-claim", action="store_true", help="also test a random non-circuit head (should not be confirmed)")
-    p.add_argument("--top-k", type=float, default=0.2)
-    p.add_argument("--top-heads", type=int, default=3)
-    p.add_argument("--removal", default="zero", help="zero | pad | mask | delete")
-    p.add_argument("--n-draws", type=int, default=20, help="random-control draws")
-    p.add_argument("--n-steps", type=int, default=None, help="path-method steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--top-k", type=float, default=0.2,
+                   help="fraction in (0, 1] of each prompt's positions in a token claim and its faithfulness tests")
+    p.add_argument("--top-heads", type=int, default=3, help="heads AtP ranks highest that become claims")
+    p.add_argument("--removal", default="zero",
+                   help=f"how a token is removed in faithfulness tests, one of: {', '.join(r.value for r in Removal)}")
+    p.add_argument("--n-draws", type=int, default=20, help="random-control draws per test")
+    p.add_argument("--n-steps", type=int, default=None, help="path-method steps (default: each method's own)")
+    p.add_argument("--seed", type=int, default=0, help="seed of task sampling, controls and random baselines")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--bridge", action="store_true", help="load as a TransformerBridge (always the case on TransformerLens 4)")
     p.add_argument("--out", required=True, help="output directory (report.html, report.json)")
     p.add_argument("--circuit", action="store_true", help="add the circuit section (EAP-IG edge scores, a circuit, its faithfulness)")
@@ -240,13 +287,15 @@ def _circuit_args(p: argparse.ArgumentParser) -> None:
     from mechattr.circuits import METHODS, SELECTIONS
 
     p.add_argument("--model", help="organism:<name> or a local model directory (default: organism:<task>)")
-    p.add_argument("--task", required=True, help="a shipped organism's task (e.g. planted_mlp, induction)")
+    p.add_argument("--task", required=True, help=f"a shipped organism's task, one of: {', '.join(_organism_names())}")
     p.add_argument("--n", type=int, default=16, help="examples drawn from --task (default 16)")
     p.add_argument("--method", default="eap_ig_inputs", choices=METHODS, help="edge scores (default eap_ig_inputs)")
     p.add_argument("--selection", default="topn", choices=SELECTIONS, help="how the circuit is chosen (default topn)")
     p.add_argument("--edges", type=int, default=None, help="top-n / greedy edge count (default: smallest top-n reaching --min-faithfulness)")
-    p.add_argument("--threshold", type=float, default=None, help="|score| threshold for --selection threshold")
-    p.add_argument("--tau", type=float, default=None, help="ACDC threshold in target units for --selection acdc")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="|score| threshold for --selection threshold (no default: required there)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="ACDC threshold in target units for --selection acdc (no default: required there)")
     p.add_argument("--ablation", default="patch", choices=("patch", "mean", "zero"), help="what an ablated edge carries (default patch)")
     p.add_argument("--min-faithfulness", type=float, default=0.8, help="for the default --edges (default 0.8)")
     p.add_argument("--n-steps", type=int, default=10, help="EAP-IG steps (default 10)")

@@ -185,6 +185,9 @@ def check_model(model: Any) -> None:
     A bridge must be in compatibility mode (``enable_compatibility_mode()``), since our hook
     names and weight conventions are HookedTransformer's.
     """
+    from mechattr.checks import check_model_arg
+
+    check_model_arg(model)  # a name, path, tokens or target in the model's place
     if is_hooked(model):
         return
     if is_bridge(model):

@@ -23,6 +23,7 @@ softmax) and one on ``hook_pattern`` that zeroes them again: the forward pass is
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -30,10 +31,17 @@ import torch
 from mechattr.runtime.memo import per_model
 from mechattr.runtime.tl import is_bridge
 
-try:
-    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
-except ImportError:  # pragma: no cover - TransformerLens without the bridge
-    AttentionBridge = None  # type: ignore[assignment,misc]
+
+def _attention_bridge() -> Any:
+    """TransformerLens's ``AttentionBridge`` class, or ``None`` while no bridge can exist
+    (TransformerLens's bridge not imported: imported lazily, so ``import mechattr`` stays fast)."""
+    if "transformer_lens.model_bridge" not in sys.modules:
+        return None
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    except ImportError:  # pragma: no cover - TransformerLens without the bridge
+        return None
+    return AttentionBridge
 
 _FIX_TAG = "_mechattr_masked_row_fix"
 
@@ -44,6 +52,7 @@ def _attn_modules(model: Any) -> list:
 
 
 def _live(attn: Any, scores: bool = False) -> bool:
+    AttentionBridge = _attention_bridge()
     if AttentionBridge is None or not isinstance(attn, AttentionBridge):
         return True
     if type(attn).forward is not AttentionBridge.forward:
@@ -157,6 +166,7 @@ def fix_masked_rows(model: Any) -> list:
     if not is_bridge(model) or not getattr(model, "compatibility_mode", False):
         return []
     handles = []
+    AttentionBridge = _attention_bridge()
     for attn in _attn_modules(model):
         if AttentionBridge is None or type(attn).forward is AttentionBridge.forward:
             continue  # HF's attention (finite masks) or a native module: no hook_attn_scores inside

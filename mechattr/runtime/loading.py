@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from mechattr.runtime import tl
 from mechattr.runtime.device import default_device, model_dtype
-from mechattr.runtime.tl import HAS_HOOKED, TransformerBridge, is_hooked, require_hooked
+from mechattr.runtime.tl import HAS_HOOKED, is_hooked, require_hooked
 
 ORGANISM_PREFIX = "organism:"
 
@@ -227,6 +228,7 @@ def load_model(
 
 def _bridge_from_dir(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
     """A TransformerBridge in compatibility mode, loaded through :func:`_neutral_dir`."""
+    TransformerBridge = tl.TransformerBridge  # TransformerLens imported here, when a model is loaded
     if TransformerBridge is None:  # pragma: no cover
         raise RuntimeError("this TransformerLens has no TransformerBridge; install transformer-lens>=3")
     with _neutral_dir(path) as src:
@@ -241,6 +243,7 @@ def native_bridge(config: dict, state: dict, *, tokenizer: Any = None, device: A
     ``state`` (parameter names as a HookedTransformer's): the same logits as the
     HookedTransformer of that config and state. Needs TransformerLens 4 (its checkpoint
     converter); the global random state is left untouched."""
+    TransformerBridge = tl.TransformerBridge
     if TransformerBridge is None or not hasattr(TransformerBridge, "boot_native"):  # pragma: no cover
         raise RuntimeError("this TransformerLens cannot build a native TransformerBridge; install transformer-lens>=4")
     try:

@@ -4,11 +4,20 @@ TransformerLens 3.x ships ``HookedTransformer`` and ``TransformerBridge``; 4.x r
 ``HookedTransformer`` (``TransformerBridge`` is the only model class) and moved
 ``transformer_lens.utils`` to ``transformer_lens.utilities``. Everything in mechattr that
 needs a TransformerLens name imports it from here; nothing else tests the version.
+
+TransformerLens (and through it transformers) takes seconds to import, so nothing here
+imports it until a name that needs it is used: ``TL_VERSION``/``TL_MAJOR``/``HAS_HOOKED``
+come from the package metadata, :func:`is_hooked`/:func:`is_bridge` answer ``False`` while
+TransformerLens is not imported (no model of it can exist then), and the class and
+function names (``HookedTransformer``, ``get_act_name``, ...) resolve on first access
+(PEP 562 module ``__getattr__``).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import sys
 from typing import Any
 
 try:
@@ -16,60 +25,79 @@ try:
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
     TL_VERSION = "0"
 TL_MAJOR = int(TL_VERSION.split(".")[0] or 0)
+HAS_HOOKED = TL_MAJOR < 4  # TransformerLens 4 removed HookedTransformer
 
-try:  # TransformerLens 3.x
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-except ImportError:  # TransformerLens 4.x: the bridge is the only model class
-    HookedTransformer = None  # type: ignore[assignment,misc]
-    HookedTransformerConfig = None  # type: ignore[assignment,misc]
+# name -> candidate (module, attribute) pairs, first importable wins; None when none is
+_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "HookedTransformer": (("transformer_lens", "HookedTransformer"),),
+    "HookedTransformerConfig": (("transformer_lens", "HookedTransformerConfig"),),
+    "TransformerBridge": (("transformer_lens.model_bridge", "TransformerBridge"),),
+    "get_act_name": (("transformer_lens.utils", "get_act_name"), ("transformer_lens.utilities", "get_act_name")),
+    "get_attention_mask": (("transformer_lens.utils", "get_attention_mask"),
+                           ("transformer_lens.utilities", "get_attention_mask")),
+    "simple_attn_linear": (("transformer_lens.utilities.attention", "simple_attn_linear"),),
+}
+_OPTIONAL = {"HookedTransformer", "HookedTransformerConfig", "TransformerBridge"}  # None when absent
 
-try:
-    from transformer_lens.model_bridge import TransformerBridge
-except ImportError:  # pragma: no cover - TransformerLens < 3
-    TransformerBridge = None  # type: ignore[assignment,misc]
 
-try:  # 3.x
-    from transformer_lens.utils import get_act_name, get_attention_mask
-except ImportError:  # 4.x
-    from transformer_lens.utilities import get_act_name, get_attention_mask  # type: ignore[no-redef]
+def _resolve(name: str) -> Any:
+    for mod, attr in _NAMES[name]:
+        try:
+            value = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError):
+            continue
+        return None if name in ("HookedTransformer", "HookedTransformerConfig") and not HAS_HOOKED else value
+    if name in _OPTIONAL:
+        return None
+    raise ImportError(f"transformer-lens {TL_VERSION} has no {name}")
 
-from transformer_lens.utilities.attention import simple_attn_linear  # noqa: E402 (3.x and 4.x)
 
-HAS_HOOKED = HookedTransformer is not None
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        value = _resolve(name)
+        globals()[name] = value  # resolved once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _get(name: str) -> Any:
+    return globals()[name] if name in globals() else __getattr__(name)
 
 
 def is_hooked(model: Any) -> bool:
     """True for a TransformerLens ``HookedTransformer`` (never on TransformerLens 4)."""
-    return HookedTransformer is not None and isinstance(model, HookedTransformer)
+    if not HAS_HOOKED or "transformer_lens" not in sys.modules:  # no HookedTransformer can exist yet
+        return False
+    cls = _get("HookedTransformer")
+    return cls is not None and isinstance(model, cls)
 
 
 def is_bridge(model: Any) -> bool:
     """True for a TransformerLens ``TransformerBridge``."""
-    return TransformerBridge is not None and isinstance(model, TransformerBridge)
+    if "transformer_lens.model_bridge" not in sys.modules:  # no bridge can exist yet
+        return False
+    cls = _get("TransformerBridge")
+    return cls is not None and isinstance(model, cls)
 
 
 def require_hooked(what: str) -> Any:
     """``HookedTransformer``, or a clear error naming ``what`` needs it."""
-    if HookedTransformer is None:
+    cls = _get("HookedTransformer") if HAS_HOOKED else None
+    if cls is None:
         raise RuntimeError(
             f"{what} needs TransformerLens's HookedTransformer, which TransformerLens "
             f"{TL_VERSION} no longer has; use a TransformerBridge (load_model(..., bridge=True)) "
             f"or install transformer-lens>=3.9,<4"
         )
-    return HookedTransformer
+    return cls
 
 
 __all__ = [
     "HAS_HOOKED",
-    "HookedTransformer",
-    "HookedTransformerConfig",
     "TL_MAJOR",
     "TL_VERSION",
-    "TransformerBridge",
-    "get_act_name",
-    "get_attention_mask",
     "is_bridge",
     "is_hooked",
     "require_hooked",
-    "simple_attn_linear",
+    *_NAMES,  # HookedTransformer, HookedTransformerConfig, TransformerBridge, get_act_name, ...
 ]

@@ -3,6 +3,7 @@
     python scripts/bench_sweep.py                 # sizes for a shared 2-core CPU (minutes)
     python scripts/bench_sweep.py --scale 10      # 10x every dataset (10^5 AtP prompts per run, ...)
     python scripts/bench_sweep.py --write         # also write benchmarks/sweeps.md
+    python scripts/bench_sweep.py --big 100000 --big-ig 20000   # also AtP (local, ray) and IG (local) at those sizes
 
 Every measurement runs in its own subprocess (clean peak RSS: ru_maxrss). Model: the
 induction organism; IG with n_steps=16, AtP (``heads``) per batch (``per_example=False``)
@@ -26,9 +27,10 @@ import json, resource, sys, time, torch
 torch.set_num_threads(1)
 mode, data, analysis, opts, bs, out, engine = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
 import mechattr
-if mode == "sweep":
+if mode in ("sweep", "sweep_loaded"):  # sweep_loaded: the model is loaded before the clock starts, as in the loop
+    spec = "organism:induction" if mode == "sweep" else mechattr.load_model("organism:induction", device="cpu")
     t0 = time.perf_counter()
-    r = mechattr.sweep("organism:induction", data, analysis, out, options=opts, batch_size=bs, engine=engine, num_workers=2, progress=False)
+    r = mechattr.sweep(spec, data, analysis, out, options=opts, batch_size=bs, engine=engine, num_workers=2, progress=False)
     dt, n = time.perf_counter() - t0, r.n_run
 else:  # the plain loop: the same function on the same batches of the task's tensors, no reading, no writing
     from mechattr import organisms, targets
@@ -61,13 +63,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--big", type=int, default=0, help="also AtP per batch at this many prompts, local and ray")
+    ap.add_argument("--big-ig", type=int, default=0, help="also IG at this many prompts, local")
     a = ap.parse_args()
     from mechattr.io import versions
     from mechattr.sweep.datasets import write_organism_dataset
 
     s = lambda n: int(n * a.scale)  # noqa: E731
     tmp = Path(tempfile.mkdtemp())
-    sizes = sorted({s(1000), s(2000), s(10000), s(20000)})
+    sizes = sorted({s(1000), s(2000), s(10000), s(20000)} | ({a.big} if a.big else set()) | ({a.big_ig} if a.big_ig else set()))
     data = {n: write_organism_dataset("induction", n, tmp / f"d{n}.jsonl", seed=0) for n in sizes}
     ig, atp_b, atp_e = {"method": "ig", "n_steps": 16}, {"per_example": False}, {}
     rows = []
@@ -87,9 +91,17 @@ def main() -> None:
     for name, analysis, opts, n, bs in [("IG (n_steps=16)", "tokens", ig, s(1000), 64), ("AtP per batch", "heads", atp_b, s(10000), 256)]:
         loop_opts = {k: v for k, v in opts.items() if k != "per_example"}
         r_loop = run("loop", data[n], analysis, loop_opts, bs)
+        r_loaded = run("sweep_loaded", data[n], analysis, opts, bs)
         r_sweep = run("sweep", data[n], analysis, opts, bs)
-        over.append((name, n, r_loop, r_sweep))
-        print("overhead", name, n, r_loop, r_sweep, flush=True)
+        over.append((name, n, r_loop, r_loaded, r_sweep))
+        print("overhead", name, n, r_loop, r_loaded, r_sweep, flush=True)
+    big = []
+    for name, analysis, opts, n, bs, engines in [("AtP per batch", "heads", atp_b, a.big, 256, ("local", "ray")),
+                                                  ("IG (n_steps=16)", "tokens", ig, a.big_ig, 64, ("local",))]:
+        for engine in engines if n else ():
+            r = run("sweep", data[n], analysis, opts, bs, engine)
+            big.append((name, engine, n, r))
+            print("big", name, engine, n, r, flush=True)
     md = [
         "# Sweeps: throughput, memory, overhead",
         "",
@@ -112,19 +124,27 @@ def main() -> None:
         "",
         "## overhead of the sweep machinery vs calling the function in a loop",
         "",
-        "The loop calls the same function on the same batches of ready-made token tensors; the sweep also reads "
-        "and checks the JSONL (a first pass), tokenizes, writes Parquet and loads the model; the loop's clock starts "
-        "after its model load, the sweep's includes everything.",
+        "The loop calls the same function on the same batches of ready-made token tensors (its clock starts after "
+        "its model load). The sweep also reads and checks the JSONL, tokenizes, writes Parquet shards (fsync'd) and "
+        "the manifest: *sweep (model given)* is `mechattr.sweep(model, ...)` with the model loaded before the clock "
+        "starts, as in the loop (the machinery alone); *sweep (spec)* also loads the model from its spec.",
         "",
-        "| analysis | prompts | loop examples/s | sweep examples/s | overhead |",
-        "|---|---|---|---|---|",
-        *[f"| {nm} | {n} | {lo['ex_per_s']:.0f} | {sw['ex_per_s']:.0f} | {100 * (sw['seconds'] / lo['seconds'] - 1):+.0f}% |" for nm, n, lo, sw in over],
+        "| analysis | prompts | loop examples/s | sweep (model given) examples/s | overhead | sweep (spec) examples/s | overhead |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {nm} | {n} | {lo['ex_per_s']:.0f} | {ld['ex_per_s']:.0f} | {100 * (ld['seconds'] / lo['seconds'] - 1):+.0f}% "
+          f"| {sw['ex_per_s']:.0f} | {100 * (sw['seconds'] / lo['seconds'] - 1):+.0f}% |" for nm, n, lo, ld, sw in over],
         "",
     ]
+    if big:
+        md += ["## large runs", "", "| analysis | engine | prompts | seconds | examples/s | peak RSS (driver, MB) |", "|---|---|---|---|---|---|",
+               *[f"| {nm} | {eng} | {n} | {r['seconds']:.1f} | {r['ex_per_s']:.0f} | {r['peak_rss_mb']:.0f} |" for nm, eng, n, r in big], ""]
+    target = Path(__file__).resolve().parents[1].joinpath("benchmarks", "sweeps.md")
+    if target.exists() and "## Findings" in target.read_text():  # the hand-written findings are kept
+        md += [target.read_text()[target.read_text().index("## Findings"):].rstrip(), ""]
     text = "\n".join(md)
     print(text)
     if a.write:
-        Path(__file__).resolve().parents[1].joinpath("benchmarks", "sweeps.md").write_text(text)
+        target.write_text(text)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ ANALYSES: Registry = Registry("sweep analysis")
 class Prepared:
     """A tokenized sweep batch: ``tokens``/``corrupted`` ``[n, pos]`` on the model's device,
     ``answers`` ``[n]`` (given, or the model's top prediction where ``answer_given`` is False),
-    ``target`` = ``targets.logit(answers, pos=-1)``, ``str_tokens`` ``[n][pos]``."""
+    ``target`` = ``targets.logit(answers, pos=-1)``, ``str_tokens`` ``[n][pos]`` (from ``tokenizer``, on first use)."""
 
     ids: list[str]
     lines: list[int]
@@ -46,10 +46,22 @@ class Prepared:
     answers: Tensor
     answer_given: list[bool]
     target: Any
-    str_tokens: list[list[str]]
+    tokenizer: Any = None
+    _str_tokens: list[list[str]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def str_tokens(self) -> list[list[str]]:
+        """Token strings of each example (padding left out), made on first use: one id→string lookup for the batch."""
+        if self._str_tokens is None:
+            ids = self.tokens.cpu()
+            keep = torch.ones_like(ids, dtype=torch.bool) if self.attention_mask is None else self.attention_mask.cpu().bool()
+            flat = self.tokenizer.convert_ids_to_tokens(ids[keep].tolist())
+            ends = keep.sum(-1).cumsum(0).tolist()
+            self._str_tokens = [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        return self._str_tokens
 
     def row(self, i: int) -> Prepared:
         """Example ``i`` alone, as a batch of one."""
@@ -61,7 +73,8 @@ class Prepared:
             mask = None
         return Prepared(self.ids[s], self.lines[s], self.tokens[s], mask,
                         None if self.corrupted is None else self.corrupted[s], self.answers[s],
-                        self.answer_given[s], targets.logit(self.answers[s], pos=-1), self.str_tokens[s])
+                        self.answer_given[s], targets.logit(self.answers[s], pos=-1), self.tokenizer,
+                        None if self._str_tokens is None else self._str_tokens[s])
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class Example:
     answer: str | None
     corrupted: str | None
     line: int
+    # token ids found by the checker (prompt, answer, corrupted; no special tokens), kept for the run
+    ids: tuple[list[int], list[int] | None, list[int] | None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,25 @@ def read_records(path: str | Path, fmt: str | None = None) -> Iterator[tuple[int
             yield i, dict(rec), None
 
 
+def count_rows(path: str | Path, fmt: str | None = None) -> int:
+    """Rows in the dataset, cheaply (JSONL: non-blank lines; CSV: records; Parquet: metadata): the progress total."""
+    p = Path(path)
+    fmt = fmt or detect_format(p)
+    if fmt == "jsonl":
+        with open(p, "rb") as f:
+            return sum(1 for raw in f if raw.strip())
+    if fmt == "csv":
+        with open(p, encoding="utf-8", newline="") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(p).metadata.num_rows)
+    import datasets as hf
+
+    return len(hf.load_from_disk(str(p)))
+
+
 def _text(rec: dict[str, Any], key: str) -> str | None:
     v = rec.get(key)
     if v is None:
@@ -118,32 +139,128 @@ def _text(rec: dict[str, Any], key: str) -> str | None:
     return v if isinstance(v, str) else str(v)
 
 
+def _word_vocab(tokenizer: Any) -> tuple[dict[str, int], tuple[str, ...]] | None:
+    """``(vocab, added tokens)`` when the tokenizer is a plain whitespace word-level one (the organisms):
+    then a text's ids are its whitespace-separated words looked up in the vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.model).__name__ != "WordLevel" or backend.normalizer is not None:
+        return None
+    if type(backend.pre_tokenizer).__name__ != "WhitespaceSplit":
+        return None
+    return backend.get_vocab(), tuple(tokenizer.get_added_vocab())
+
+
+def encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens, as ``tokenizer(texts, add_special_tokens=False)``.
+
+    One batched call of the Rust tokenizer (``encode_batch_fast``: no offsets); for a plain
+    word-level vocabulary a dictionary lookup per word (texts with unknown words or added
+    tokens go through the tokenizer).
+    """
+    if not texts:
+        return []
+    word = _word_vocab(tokenizer)
+    if word is not None:
+        vocab, added = word
+        joined = "\n".join(texts)
+        added = tuple(a for a in added if a in joined)  # added tokens present anywhere in the batch
+        out: list[list[int] | None] = []
+        for t in texts:
+            try:
+                out.append(None if added and any(a in t for a in added) else [vocab[w] for w in t.split()])
+            except KeyError:
+                out.append(None)
+        rest = [i for i, x in enumerate(out) if x is None]
+        if rest:
+            for i, ids in zip(rest, _encode(tokenizer, [texts[i] for i in rest])):
+                out[i] = ids
+        return out  # type: ignore[return-value]
+    return _encode(tokenizer, texts)
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "split_special_tokens", False):
+        run = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+        return [e.ids for e in run(list(texts), add_special_tokens=False)]
+    return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def _unknown_ids(tokenizer: Any) -> set[int]:
+    """Ids an unknown word can become (the word-level model's unk token, the tokenizer's own
+    unknown token unless it doubles as BOS/EOS/pad); a row holding none has no unknown word."""
+    ids: set[int] = set()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "WordLevel":
+        unk = getattr(backend.model, "unk_token", None)
+        i = backend.token_to_id(unk) if unk else None
+        if i is not None:
+            ids.add(int(i))
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None:
+        ids.add(int(unk))
+    return ids
+
+
 class RowChecker:
-    """Checks rows against a tokenizer: one-token answers, known words, matching corrupted length."""
+    """Checks rows against a tokenizer: one-token answers, known words, matching corrupted length.
+
+    :meth:`problems` checks a chunk of rows with one batched tokenizer call; the exact
+    unknown-word check (:func:`mechattr.inputs.unknown_words`) runs only on rows whose ids hold
+    a token an unknown word maps to.
+    """
 
     def __init__(self, tokenizer: Any, n_ctx: int | None = None, prepend_bos: bool = True) -> None:
         self.tok, self.n_ctx, self.bos = tokenizer, n_ctx, int(bool(prepend_bos))
-
-    def _ids(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+        self.unk = _unknown_ids(tokenizer)
 
     def problem(self, ex: Example) -> str | None:
         """Why ``ex`` cannot be used, or ``None``."""
+        return self.problems([ex])[0]
+
+    def problems(self, examples: list[Example]) -> list[str | None]:
+        """Why each example cannot be used (``None`` where it can)."""
+        return [w for w, _ in self.check(examples)]
+
+    def check(self, examples: list[Example]) -> list[tuple[str | None, Any]]:
+        """``(why or None, (prompt ids, answer ids, corrupted ids))`` for each example."""
         from mechattr.inputs import unknown_words
 
-        texts = [t for t in (ex.prompt, ex.answer, ex.corrupted) if t is not None]
-        unknown = unknown_words(self.tok, texts)
-        if unknown:
-            return f"word(s) not in the model's vocabulary: {', '.join(map(repr, unknown[:5]))}"
-        n = len(self._ids(ex.prompt))
+        texts, where = [], []
+        for e in examples:
+            where.append(len(texts))
+            texts.extend(t for t in (e.prompt, e.answer, e.corrupted) if t is not None)
+        try:
+            ids = encode(self.tok, texts)
+        except Exception:  # e.g. a word-level vocabulary without an unknown token: row by row, unknown words first
+            if len(examples) > 1:
+                return [self.check([e])[0] for e in examples]
+            unknown = unknown_words(self.tok, texts)
+            if unknown:
+                return [(f"word(s) not in the model's vocabulary: {', '.join(map(repr, unknown[:5]))}", None)]
+            raise
+        out: list[tuple[str | None, Any]] = []
+        for e, k in zip(examples, where):
+            p = ids[k]
+            a = ids[k + 1] if e.answer is not None else None
+            c = ids[k + 1 + (e.answer is not None)] if e.corrupted is not None else None
+            if self.unk and not (self.unk.isdisjoint(p) and self.unk.isdisjoint(a or ()) and self.unk.isdisjoint(c or ())):
+                unknown = unknown_words(self.tok, [t for t in (e.prompt, e.answer, e.corrupted) if t is not None])
+                if unknown:
+                    out.append((f"word(s) not in the model's vocabulary: {', '.join(map(repr, unknown[:5]))}", None))
+                    continue
+            out.append((self._lengths(e, len(p), a, c), (p, a, c)))
+        return out
+
+    def _lengths(self, e: Example, n: int, a: list[int] | None, c: list[int] | None) -> str | None:
         if n == 0:
             return "prompt has no tokens"
         if self.n_ctx is not None and n + self.bos > self.n_ctx:
             return f"prompt has {n + self.bos} tokens, more than the model's n_ctx={self.n_ctx}"
-        if ex.answer is not None and len(a := self._ids(ex.answer)) != 1:
-            return f"answer {ex.answer!r} is {len(a)} tokens, not a single token"
-        if ex.corrupted is not None and (m := len(self._ids(ex.corrupted))) != n:
-            return f"corrupted prompt has {m} tokens, the prompt {n} (they must match)"
+        if a is not None and len(a) != 1:
+            return f"answer {e.answer!r} is {len(a)} tokens, not a single token"
+        if c is not None and len(c) != n:
+            return f"corrupted prompt has {len(c)} tokens, the prompt {n} (they must match)"
         return None
 
 
@@ -153,26 +270,48 @@ def iter_examples(
     checker: RowChecker | None = None,
     fmt: str | None = None,
     prompt_key: str = "prompt",
+    chunk: int = 1024,
 ) -> Iterator[Example | Malformed]:
-    """Stream :class:`Example` s and :class:`Malformed` rows (in file order) from ``path``."""
+    """Stream :class:`Example` s and :class:`Malformed` rows (in file order) from ``path``.
+
+    With a ``checker``, rows are checked ``chunk`` at a time (batched tokenizer calls) and each
+    good :class:`Example` carries the token ids found (``ids``), so the run does not tokenize
+    again; the order of what is yielded is the file order either way.
+    """
     seen: set[str] = set()
+    pending: list[Example | Malformed] = []
+
+    def flush() -> Iterator[Example | Malformed]:
+        todo = [x for x in pending if isinstance(x, Example)]
+        why = iter(checker.check(todo) if checker is not None and todo else [(None, None)] * len(todo))
+        for x in pending:
+            if isinstance(x, Malformed):
+                yield x
+            else:
+                w, ids = next(why)
+                yield (x if ids is None else replace(x, ids=ids)) if w is None else Malformed(x.line, x.id, w)
+        pending.clear()
+
+    n_ex = 0
     for line, rec, err in read_records(path, fmt):
         if rec is None:
-            yield Malformed(line, None, err or "unreadable row")
+            pending.append(Malformed(line, None, err or "unreadable row"))
             continue
         rid = _text(rec, "id")
         rid = str(line) if rid is None else rid
         prompt = _text(rec, prompt_key)
         if prompt is None or not prompt.strip():
-            yield Malformed(line, rid, f"missing {prompt_key!r}")
+            pending.append(Malformed(line, rid, f"missing {prompt_key!r}"))
             continue
         if rid in seen:
-            yield Malformed(line, rid, f"id {rid!r} repeated")
+            pending.append(Malformed(line, rid, f"id {rid!r} repeated"))
             continue
         seen.add(rid)
-        ex = Example(rid, prompt, _text(rec, "answer"), _text(rec, "corrupted"), line)
-        why = checker.problem(ex) if checker is not None else None
-        yield ex if why is None else Malformed(line, rid, why)
+        pending.append(Example(rid, prompt, _text(rec, "answer"), _text(rec, "corrupted"), line))
+        n_ex += 1
+        if n_ex % chunk == 0 or checker is None:
+            yield from flush()
+    yield from flush()
 
 
 def malformed_to_json(rows: list[Malformed]) -> str:

@@ -1,8 +1,9 @@
 """Run an analysis over a dataset into Parquet shards, resumably, on a local or a Ray executor.
 
-One code path: read + check the dataset (malformed rows found before anything runs), plan
-batches of the ids not yet in finished shards, and for each batch :func:`process` it
-(tokenize, run the analysis adapter, write one shard). Only the executor differs:
+One code path: stream the dataset, checking rows a chunk at a time (batched tokenizer calls;
+with ``on_error="raise"`` a checking pass first, so nothing runs on a malformed dataset),
+batch the good ids not yet in finished shards, and for each batch :func:`process` it (tokens
+from the checker's ids, run the analysis adapter, write one shard). Only the executor differs:
 ``engine="local"`` runs the batches in this process; ``engine="ray"`` hands them to an
 actor pool (one model replica per actor, loaded by the actor from the model spec; one GPU
 each where the cluster has GPUs) with at most two batches in flight per actor, and the
@@ -28,7 +29,9 @@ from mechattr.sweep.datasets import (
     Malformed,
     MalformedDataset,
     RowChecker,
+    count_rows,
     detect_format,
+    encode,
     iter_examples,
     malformed_to_json,
 )
@@ -72,54 +75,121 @@ def _check_args(analysis: str, engine: str, on_error: str, batch_size: Any, opti
         raise ValueError(f"options must be a dict of keyword arguments for the analysis, got {type(options).__name__}")
 
 
-def prepare(model: Any, examples: list[Example]) -> _analyses.Prepared:
+class BatchTokenizer:
+    """Tokenizes sweep batches the way :func:`mechattr.inputs.prepare_tokens` does, with one batched
+    tokenizer call per column: ``[BOS] + ids`` padded on the model's padding side, and the mask.
+
+    The rows were checked already (known words, lengths), so the per-row checks of
+    ``prepare_tokens`` are not repeated. The first batch is also run through ``prepare_tokens``;
+    any difference (a tokenizer that adds other special tokens, say) switches this tokenizer to
+    ``prepare_tokens`` for the rest of the run, so the tokens are the same either way.
+    """
+
+    def __init__(self, model: Any) -> None:
+        from mechattr.runtime.device import model_device
+
+        self.model, self.tok = model, model.tokenizer
+        cfg = model.cfg
+        self.bos = self.tok.bos_token_id if bool(getattr(cfg, "default_prepend_bos", True)) else None
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.bos_token_id or 0)
+        self.side = getattr(cfg, "default_padding_side", None) or self.tok.padding_side or "right"
+        self.device = model_device(model)
+        self.exact: bool | None = None  # None until the first batch is compared with prepare_tokens
+
+    def _fast(self, texts: list[str], ids: list[list[int]] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = encode(self.tok, texts) if ids is None else ids
+        lens = [len(x) for x in ids]
+        bos = [] if self.bos is None else [int(self.bos)]
+        if min(lens) == max(lens):  # no padding: one tensor from the nested lists
+            tokens = torch.tensor(ids, dtype=torch.long).reshape(len(ids), lens[0])
+            if bos:
+                tokens = torch.cat([torch.full((len(ids), 1), bos[0], dtype=torch.long), tokens], 1)
+            mask = torch.ones(tokens.shape, dtype=torch.bool)
+        else:
+            n = torch.tensor(lens) + len(bos)
+            width = int(n.max())
+            tokens = torch.full((len(ids), width), int(self.pad), dtype=torch.long)
+            pos = torch.arange(width)
+            mask = pos[None] < n[:, None] if self.side == "right" else pos[None] >= (width - n)[:, None]
+            tokens[mask] = torch.tensor([t for x in ids for t in (*bos, *x)], dtype=torch.long)
+        if int(tokens.max()) >= self.model.cfg.d_vocab:
+            raise ValueError(f"token ids outside the vocabulary 0..{self.model.cfg.d_vocab - 1}")
+        return tokens.to(self.device), None if bool(mask.all()) else mask.long().to(self.device)
+
+    def _slow(self, texts: list[str], mask: torch.Tensor | None, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from mechattr.inputs import prepare_tokens
+
+        b = prepare_tokens(self.model, texts, mask, name=name)
+        return b.tokens, b.attention_mask
+
+    def __call__(self, texts: list[str], ids: list[list[int]] | None = None, mask: torch.Tensor | None = None,
+                 name: str = "tokens") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(tokens, attention_mask)`` for ``texts``; ``ids``: their ids without special tokens, when known."""
+        if self.exact is False:
+            return self._slow(texts, mask, name)
+        tokens, m = self._fast(texts, ids)
+        if self.exact is None:
+            ref, ref_m = self._slow(texts, mask, name)
+            same = ref.shape == tokens.shape and bool((ref == tokens).all()) and (
+                (ref_m is None and m is None) or (ref_m is not None and m is not None and bool((ref_m == m).all())))
+            self.exact = same
+            if not same:
+                return ref, ref_m
+        return tokens, m
+
+
+def prepare(model: Any, examples: list[Example], tokenize: BatchTokenizer | None = None) -> _analyses.Prepared:
     """Tokenize a batch of checked examples (answers: given, else the model's top prediction)."""
     from mechattr import targets
-    from mechattr.inputs import prepare_tokens
 
-    tok = model.tokenizer
-    clean = prepare_tokens(model, [e.prompt for e in examples])
+    tokenize = tokenize or BatchTokenizer(model)
+    known = all(e.ids is not None for e in examples)  # the checker's ids
+    col = lambda k: [e.ids[k] for e in examples] if known else None  # type: ignore[index]  # noqa: E731
+    tokens, mask = tokenize([e.prompt for e in examples], col(0))
     corrupted = None
     if all(e.corrupted is not None for e in examples):
-        corrupted = prepare_tokens(model, [e.corrupted for e in examples], clean.attention_mask, name="corrupted").tokens
+        corrupted, _ = tokenize([e.corrupted for e in examples], col(2), mask, name="corrupted")  # type: ignore[misc]
     given = [e.answer is not None for e in examples]
     answers = torch.zeros(len(examples), dtype=torch.long)
-    for i, e in enumerate(examples):
-        if e.answer is not None:
-            answers[i] = tok(e.answer, add_special_tokens=False)["input_ids"][0]
-    answers = answers.to(clean.tokens.device)
+    if any(given):
+        ids = [e.ids[1] for e in examples if e.answer is not None] if known else encode(  # type: ignore[index]
+            model.tokenizer, [e.answer for e in examples if e.answer is not None])
+        answers[torch.tensor(given)] = torch.tensor([x[0] for x in ids], dtype=torch.long)
+    answers = answers.to(tokens.device)
     if not all(given):
         with torch.no_grad():
-            logits = model(clean.tokens, attention_mask=clean.attention_mask)
-        last = targets.last_positions(clean.attention_mask, *clean.shape, clean.tokens.device)
+            logits = model(tokens, attention_mask=mask)
+        last = targets.last_positions(mask, *tokens.shape, tokens.device)
         top = logits[torch.arange(len(examples), device=logits.device), last].argmax(-1)
         answers = torch.where(torch.tensor(given, device=answers.device), answers, top)
-    mask = clean.attention_mask
-    str_tokens = []
-    for i, row in enumerate(clean.tokens.tolist()):
-        keep = row if mask is None else [t for t, m in zip(row, mask[i].tolist()) if m]
-        str_tokens.append(tok.convert_ids_to_tokens(keep))
-    return _analyses.Prepared([e.id for e in examples], [e.line for e in examples], clean.tokens, mask, corrupted,
-                              answers, given, targets.logit(answers, pos=-1), str_tokens)
+    return _analyses.Prepared([e.id for e in examples], [e.line for e in examples], tokens, mask, corrupted,
+                              answers, given, targets.logit(answers, pos=-1), tokenizer=model.tokenizer)
 
 
 def process(model: Any, analysis: str, options: dict[str, Any], out: str | Path, index: int, examples: list[Example],
-            settings: dict[str, Any], max_row_values: int = _shards.MAX_ROW_VALUES) -> tuple[int, float]:
+            settings: dict[str, Any], max_row_values: int = _shards.MAX_ROW_VALUES,
+            tokenize: BatchTokenizer | None = None) -> tuple[int, float]:
     """Run ``analysis`` on one batch and write it as shard ``index``; return ``(n_examples, seconds)``."""
     t0 = time.perf_counter()
-    batch = prepare(model, examples)
+    batch = prepare(model, examples, tokenize)
     rows = _analyses.get(analysis)(model, batch, **options)
     dt = time.perf_counter() - t0
     _shards.write_shard(out, index, batch, rows, analysis=analysis, settings=settings, seconds=dt, max_row_values=max_row_values)
     return len(examples), dt
 
 
-def _plan(dataset: Any, fmt: str | None, bad_lines: set[int], done: set[str], batch_size: int, start: int) -> Iterator[tuple[int, list[Example]]]:
-    """Batches of the good, unfinished examples in file order; shard indices from ``start``."""
+def _plan(dataset: Any, fmt: str | None, checker: RowChecker, done: set[str], batch_size: int, start: int,
+          malformed: list[Malformed], bar: Any) -> Iterator[tuple[int, list[Example]]]:
+    """Batches of the good, unfinished examples in file order (checked as they stream, with their
+    token ids); shard indices from ``start``; malformed rows go to ``malformed``."""
     cur: list[Example] = []
     index = start
-    for ex in iter_examples(dataset, fmt=fmt):
-        if isinstance(ex, Malformed) or ex.line in bad_lines or ex.id in done:
+    for ex in iter_examples(dataset, checker=checker, fmt=fmt):
+        if isinstance(ex, Malformed):
+            malformed.append(ex)
+            bar.total = max(bar.total - 1, bar.n)
+            continue
+        if ex.id in done:
             continue
         cur.append(ex)
         if len(cur) == batch_size:
@@ -181,30 +251,26 @@ def sweep(
     t0 = time.perf_counter()
     local_model = load_model(spec, device=device) if spec is not None else model
     checker = RowChecker(local_model.tokenizer, local_model.cfg.n_ctx, bool(getattr(local_model.cfg, "default_prepend_bos", True)))
-    malformed, n_good = [], 0
-    for ex in iter_examples(dataset, checker=checker, fmt=fmt):
-        if isinstance(ex, Malformed):
-            malformed.append(ex)
-        else:
-            n_good += 1
-    if malformed and on_error == "raise":
-        raise MalformedDataset(dataset, malformed)
+    if on_error == "raise":  # refuse before anything runs: a checking pass of its own
+        bad = [ex for ex in iter_examples(dataset, checker=checker, fmt=fmt) if isinstance(ex, Malformed)]
+        if bad:
+            raise MalformedDataset(dataset, bad)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "malformed.jsonl").write_text(malformed_to_json(malformed))
     if old is None:
         _shards.write_manifest(out, manifest)
     discarded = _shards.clean_partial(out)
     done, start = _shards.finished_ids(out)
-    todo = n_good - len(done)
     settings = {"analysis": analysis, "options": options, "batch_size": batch_size}
-    tasks = _plan(dataset, fmt, {m.line for m in malformed}, done, batch_size, start)
-    bar = _bar(todo, progress, analysis)
+    bar = _bar(count_rows(dataset, fmt) - len(done), progress, analysis)
+    malformed: list[Malformed] = []
+    tasks = _plan(dataset, fmt, checker, done, batch_size, start, malformed, bar)
     run = _run_local if engine == "local" else _run_ray
     try:
         n_run = run(local_model if engine == "local" else spec, tasks, bar, analysis=analysis, options=options, out=out,
                     settings=settings, max_row_values=max_row_values, num_workers=num_workers, ray_address=ray_address, device=device)
     finally:
         bar.close()
+    (out / "malformed.jsonl").write_text(malformed_to_json(malformed))
     return SweepResult(out, n_run, len(done), malformed, time.perf_counter() - t0, discarded)
 
 
@@ -216,9 +282,9 @@ def _bar(total: int, enabled: bool, desc: str) -> Any:
 
 def _run_local(model: Any, tasks: Iterator[tuple[int, list[Example]]], bar: Any, *, analysis: str, options: dict[str, Any],
                out: Path, settings: dict[str, Any], max_row_values: int, **_: Any) -> int:
-    n_run = 0
+    n_run, tokenize = 0, BatchTokenizer(model)
     for index, examples in tasks:
-        n, _dt = process(model, analysis, options, out, index, examples, settings, max_row_values)
+        n, _dt = process(model, analysis, options, out, index, examples, settings, max_row_values, tokenize)
         n_run += n
         bar.update(n)
     return n_run
@@ -234,12 +300,13 @@ class SweepWorker:
         if threads:
             torch.set_num_threads(threads)
         self.model = load_model(spec, device=device)
+        self.tokenize = BatchTokenizer(self.model)
         self.args = (analysis, options, out)
         self.settings, self.max_row_values = settings, max_row_values
 
     def run(self, index: int, examples: list[Example]) -> tuple[int, float]:
         analysis, options, out = self.args
-        return process(self.model, analysis, options, out, index, examples, self.settings, self.max_row_values)
+        return process(self.model, analysis, options, out, index, examples, self.settings, self.max_row_values, self.tokenize)
 
 
 def _run_ray(spec: str, tasks: Iterator[tuple[int, list[Example]]], bar: Any, *, analysis: str, options: dict[str, Any], out: Path,

@@ -115,7 +115,7 @@ def write_shard(out: str | Path, index: int, batch: Prepared, rows: Rows, *, ana
         cols["id"] = pa.array(batch.ids, pa.string())
         cols["line"] = pa.array(batch.lines, pa.int64())
         cols["batch_ids"] = pa.array([None] * n_rows, pa.list_(pa.string()))
-        cols["answer_id"] = pa.array(batch.answers.cpu().tolist(), pa.int64())
+        cols["answer_id"] = pa.array(batch.answers.cpu().numpy(), pa.int64())
         cols["answer_given"] = pa.array(batch.answer_given, pa.bool_())
     cols["shard"] = pa.array([name] * n_rows, pa.string())
     ref: list[str | None] = [None] * n_rows
@@ -133,13 +133,14 @@ def write_shard(out: str | Path, index: int, batch: Prepared, rows: Rows, *, ana
             ref = [f"tensors/{name}.safetensors#{k}" for k in keys]
             cols["scores"] = pa.array([None] * n_rows, pa.list_(pa.float32()))
         else:
-            cols["scores"] = pa.array(s.reshape(n_rows, -1).numpy().tolist(), pa.list_(pa.float32()))
+            offsets = pa.array(range(0, n_rows * per_row + 1, per_row) if per_row else [0] * (n_rows + 1), pa.int32())
+            cols["scores"] = pa.ListArray.from_arrays(offsets, pa.array(s.reshape(-1).numpy(), pa.float32()))
     else:
         cols["scores_shape"] = pa.array([None] * n_rows, pa.list_(pa.int32()))
         cols["scores"] = pa.array([None] * n_rows, pa.list_(pa.float32()))
     cols["tensor_ref"] = pa.array(ref, pa.string())
     for k, v in rows.columns.items():
-        cols[k] = pa.array(v, _EXTRA_TYPES.get(k))
+        cols[k] = v if isinstance(v, pa.Array) else pa.array(v, _EXTRA_TYPES.get(k))
     cols["analysis"] = pa.array([analysis] * n_rows, pa.string())
     cols["settings"] = pa.array([json.dumps(settings, sort_keys=True, default=str)] * n_rows, pa.string())
     cols["time_s"] = pa.array([seconds / n_rows] * n_rows, pa.float64())

@@ -102,7 +102,8 @@ def table(after: dict, before: dict | None, ref: str | None) -> str:
         row = f"| `{name}` | "
         if before:
             b = before.get(name)
-            row += (f"{b['wall']:.2f} s / {b['import']:.2f} s | {', '.join(b['heavy']) or '—'} | " if b else "(same) | |")
+            row += (f"{b['wall']:.2f} s / {b['import']:.2f} s | {', '.join(b['heavy']) or '—'} | " if b
+                    else "(not measured) | | ")
         row += f"{a['wall']:.2f} s / {a['import']:.2f} s | {', '.join(a['heavy']) or '—'} |"
         lines.append(row)
     return "\n".join(lines)

@@ -218,6 +218,8 @@ def test_collector_honours_skip_and_replace_and_wants_languages(tmp_path, subs):
 # ----------------------------------------------------------------------------- references
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 PATHLIKE = re.compile(r"`((?:mechattr|scripts|tests|benchmarks|docs|analyses)/[\w./-]*\w)`")
+SOURCE_FILE = re.compile(r"`([\w.-]+(?:/[\w.-]+)+\.(?:py|md|sh|toml))`")  # e.g. `runtime/blocks.py`
+LOCAL_PAPER = re.compile(r"\bpaper \d{3}\b")  # a private file number instead of a citation
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
@@ -233,4 +235,18 @@ def test_doc_refers_only_to_files_in_the_repository(doc):
         base = p.split("::")[0]
         if not ((ROOT / base).exists() or list(ROOT.glob(base))):
             missing.append(p)
+    for p in SOURCE_FILE.findall(text):
+        if not ((ROOT / p).exists() or (ROOT / "mechattr" / p).exists()):
+            missing.append(p)
     assert not missing, f"{doc.name} refers to files not in the repository: {missing}"
+    assert not LOCAL_PAPER.findall(text), f"{doc.name} cites papers by a local file number; cite them by author/title"
+
+
+def test_reference_check_catches_missing_files_and_private_paper_numbers(tmp_path):
+    doc = tmp_path / "refs.md"
+    doc.write_text("see `shared/papers/README.md`, `runtime/nothere.py` and [x](nothere.md)\n")
+    with pytest.raises(AssertionError, match=r"\['nothere.md', 'shared/papers/README.md', 'runtime/nothere.py'\]"):
+        test_doc_refers_only_to_files_in_the_repository(doc)
+    doc.write_text("as in `runtime/blocks.py` (paper 003, eq. 9)\n")
+    with pytest.raises(AssertionError, match="local file number"):
+        test_doc_refers_only_to_files_in_the_repository(doc)

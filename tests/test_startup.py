@@ -40,6 +40,10 @@ def test_light_names_load_torch_but_not_transformerlens():
                         "targets.logit(3); Head(0, 1) < Head(1, 0)") == ["torch"]
 
 
+def test_documented_submodule_paths_work_right_after_import():
+    assert _heavy_after("import mechattr\nassert 'ig' in mechattr.attribution.tokens.method_names()") == ["torch"]
+
+
 def test_every_public_name_resolves():
     for name in mechattr.__all__:
         assert getattr(mechattr, name) is not None, name

@@ -46,7 +46,8 @@ def check(rep: Any) -> list[tuple[str, bool, str]]:
             want = set(organisms.circuit_edges(name, "patch"))
             out.append(("circuit = the planted edges", set(circ["circuit"]) == want, f"{len(circ['circuit'])} edges, faithfulness {f:.3f}"))
         else:
-            out.append(("circuit faithfulness >= 0.8", f is not None and f >= 0.8, f"{len(circ['circuit'])} edges, faithfulness {f}"))
+            shown = "undefined" if f is None else f"{f:.3f}"
+            out.append(("circuit faithfulness >= 0.8", f is not None and f >= 0.8, f"{len(circ['circuit'])} edges, faithfulness {shown}"))
     hit = next((t for t in tok.tests if t.test.startswith("ground-truth")), None)
     if hit is not None:
         out.append((f"{primary} top token is the copied token above chance", hit.confirmed,

@@ -96,6 +96,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name in COMMANDS:
         fn = COMMANDS.get(name)
         p = sub.add_parser(name, help=fn.help, description=fn.help, formatter_class=HelpFormatter)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, print the full traceback")
         add = getattr(fn, "add_arguments", None)
         if add is not None and (argv is None or name == chosen):
             add(p)

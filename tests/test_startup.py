@@ -92,5 +92,6 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["attribute", missing, "w1 w2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("mechattr attribute: error: ") and "no_such_model" in err
-    with pytest.raises(FileNotFoundError, match="no_such_model"):
-        main(["--debug", "attribute", missing, "w1 w2"])
+    for argv in (["--debug", "attribute", missing, "w1 w2"], ["attribute", missing, "w1 w2", "--debug"]):
+        with pytest.raises(FileNotFoundError, match="no_such_model"):
+            main(argv)

@@ -44,15 +44,23 @@ def subspaces(d_vocab: int, n_ctx: int) -> dict[str, slice]:
 
 
 @torch.no_grad()
+def zeroed_model(config: dict, name: str) -> HookedTransformer:
+    """A HookedTransformer of ``config`` with every parameter exactly zero (CPU, float32), for
+    writing a planted circuit into (TransformerLens 3 only; TL 4 loads the shipped weights)."""
+    require_hooked(f"building the {name} organism")
+    model = HookedTransformer(HookedTransformerConfig(**config, init_weights=False), move_to_device=False)
+    for p in model.parameters():
+        p.zero_()
+    return model
+
+
+@torch.no_grad()
 def build_planted(d_vocab: int = 64, n_ctx: int = 24, n_heads: int = 4) -> HookedTransformer:
     """The planted induction model (CPU, float32, eval mode, no tokenizer attached)."""
     if n_heads <= max(PREV_HEAD, INDUCTION_HEAD):
         raise ValueError(f"n_heads must exceed {max(PREV_HEAD, INDUCTION_HEAD)}, got {n_heads}")
-    require_hooked("building the planted organism")
-    cfg = HookedTransformerConfig(**planted_config(d_vocab, n_ctx, n_heads), init_weights=False)
-    model = HookedTransformer(cfg, move_to_device=False)
-    for p in model.parameters():
-        p.zero_()
+    model = zeroed_model(planted_config(d_vocab, n_ctx, n_heads), "planted_induction")
+    cfg = model.cfg
     sub = subspaces(d_vocab, n_ctx)
     tok, pos, prev, out = (torch.arange(s.start, s.stop) for s in (sub["TOK"], sub["POS"], sub["PREV"], sub["OUT"]))
     v, scale = torch.arange(d_vocab), cfg.d_head**0.5

@@ -35,9 +35,10 @@ import torch
 from torch import Tensor
 
 from mechattr import targets
+from mechattr.organisms.planted import zeroed_model
 from mechattr.organisms.tasks import IGNORE, Task, TaskBatch
 from mechattr.organisms.vocab import BOS
-from mechattr.runtime.tl import HookedTransformer, HookedTransformerConfig, require_hooked
+from mechattr.runtime.tl import HookedTransformer
 
 PRIMARY_HEAD = 3
 BACKUP_HEAD = 1
@@ -68,11 +69,8 @@ def build_planted_backup(d_vocab: int = D_VOCAB, n_ctx: int = N_CTX) -> HookedTr
     """The planted backup model (CPU, float32, eval mode, no tokenizer attached)."""
     if n_ctx <= SOURCE + 1:
         raise ValueError(f"n_ctx must exceed {SOURCE + 1}, got {n_ctx}")
-    require_hooked("building the planted_backup organism")
-    cfg = HookedTransformerConfig(**config(d_vocab, n_ctx), init_weights=False)
-    model = HookedTransformer(cfg, move_to_device=False)
-    for p in model.parameters():
-        p.zero_()
+    model = zeroed_model(config(d_vocab, n_ctx), "planted_backup")
+    cfg = model.cfg
     sub = subspaces(d_vocab, n_ctx)
     tok, pos, out = (torch.arange(sub[k].start, sub[k].stop) for k in ("TOK", "POS", "OUT"))
     flag = sub["FLAG"].start

@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 
 from mechattr import targets
+from mechattr.organisms.planted import zeroed_model
 from mechattr.organisms.tasks import IGNORE, Task, TaskBatch
 from mechattr.organisms.vocab import BOS
-from mechattr.runtime.tl import HookedTransformer, HookedTransformerConfig, require_hooked
+from mechattr.runtime.tl import HookedTransformer
 
 PREV_HEAD = 2
 MOVER_HEAD = 0
@@ -66,11 +67,8 @@ def build_planted_mlp(n_digits: int = N_DIGITS, n_ctx: int = N_CTX) -> HookedTra
     """The planted MLP model (CPU, float32, eval mode, no tokenizer attached)."""
     if n_ctx <= max(SOURCES):
         raise ValueError(f"n_ctx must exceed {max(SOURCES)}, got {n_ctx}")
-    require_hooked("building the planted_mlp organism")
-    cfg = HookedTransformerConfig(**config(n_digits, n_ctx), init_weights=False)
-    model = HookedTransformer(cfg, move_to_device=False)
-    for p in model.parameters():
-        p.zero_()
+    model = zeroed_model(config(n_digits, n_ctx), "planted_mlp")
+    cfg = model.cfg
     V, K = cfg.d_vocab, n_digits
     sub = subspaces(V, n_ctx)
     tok, pos, prev, mid, out = (torch.arange(sub[k].start, sub[k].stop) for k in ("TOK", "POS", "PREV", "MID", "OUT"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +165,10 @@ def encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
         joined = "\n".join(texts)
         added = tuple(a for a in added if a in joined)  # added tokens present anywhere in the batch
         out: list[list[int] | None] = []
+        look = vocab.__getitem__
         for t in texts:
             try:
-                out.append(None if added and any(a in t for a in added) else [vocab[w] for w in t.split()])
+                out.append(None if added and any(a in t for a in added) else list(map(look, t.split())))
             except KeyError:
                 out.append(None)
         rest = [i for i, x in enumerate(out) if x is None]
@@ -289,7 +290,8 @@ def iter_examples(
                 yield x
             else:
                 w, ids = next(why)
-                yield (x if ids is None else replace(x, ids=ids)) if w is None else Malformed(x.line, x.id, w)
+                yield (x if ids is None else Example(x.id, x.prompt, x.answer, x.corrupted, x.line, ids)) if w is None \
+                    else Malformed(x.line, x.id, w)
         pending.clear()
 
     n_ex = 0

@@ -8,7 +8,7 @@
 # a file:// URL with networking disabled, so a report that needs the internet fails here.
 # Before the real check, a self-test page that throws must be caught (the detector works).
 set -euo pipefail
-REPORT=${1:-reports/demo/report.html}
+REPORT=${1:-reports/demo/induction/report.html}
 SHOT=${2:-$(dirname "$REPORT")/screenshot.png}
 if [ ! -f "$REPORT" ]; then
   echo "no report at $REPORT; run 'make demo' first" >&2

@@ -76,6 +76,11 @@ CASES = {
                        "attribute_heads": "mechattr.attribute_heads(m, c, {})",
                        "ablation_scan": "mechattr.ablation_scan(m, c, {})",
                        "activation_patch": "mechattr.activation_patch(m, c, x, {})"}.items()},
+    **{f"corrupted_forgotten:{k}": (call, "TypeError: corrupted is a target (Logit(pos=-1)), not token ids "
+                                          "[batch, pos]: the target is passed where corrupted goes (a missing")
+       for k, call in {"activation_patch": "mechattr.activation_patch(m, c, TGT)",
+                       "path_patch": "mechattr.path_patch(m, c, TGT, senders=['L0H0'], receivers='logits')",
+                       "attribute_edges": "mechattr.attribute_edges(m, c, TGT)"}.items()},
     "text_as_target": ("mechattr.attribute_tokens(m, c, 'Paris')",
                        "TypeError: got the string 'Paris' where a target is expected; build one"),
     "model_as_tokens": ("mechattr.attribute_tokens(m, m, TGT, 'saliency')", "TypeError: tokens is a model ("),
@@ -116,6 +121,4 @@ def messages():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_wrong_argument_kind_is_named_in_the_message(case, messages):
-    if case == "target_as_corrupted:attribute_edges" and not HAS_HOOKED:
-        pytest.skip("the native test bridge of TransformerLens 4 has no per-head inputs (SplitUnsupported first)")
     assert CASES[case][1] in messages[case], messages[case]

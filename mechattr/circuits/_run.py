@@ -20,6 +20,17 @@ from mechattr.interventions.edges import (
 from mechattr.targets import check_target_rows
 
 
+def check_args(clean: Any, corrupted: Any, target: Any) -> None:
+    """Argument kinds first (a target where ``corrupted`` goes, text as a target, …), before
+    any model check, so the message names the real mistake."""
+    from mechattr.checks import check_target_arg, check_tokens_arg
+
+    check_tokens_arg(clean, "clean")
+    if corrupted is not None:
+        check_tokens_arg(corrupted, "corrupted")
+    check_target_arg(target)
+
+
 def prepare_inputs(model: Any, clean: Any, corrupted: Any, ablation: str, attention_mask: Any) -> tuple[Any, Any]:
     """Validated ``(clean, corrupted or None)`` batches; ``patch`` needs ``corrupted``."""
     if ablation not in ABLATIONS:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mechattr.circuits._run import Setup
+from mechattr.circuits._run import Setup, check_args
 from mechattr.circuits.circuit import Circuit
 from mechattr.circuits.scores import EdgeScores, attribute_edges
 from mechattr.components import Edge, Input, Logits, node_order
@@ -149,6 +149,7 @@ def acdc(
     check_model(model)
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not tau >= 0:
         raise ValueError(f"tau must be >= 0, got {tau!r}")
+    check_args(clean, corrupted, target)
     with model_guard(model), split_io(model) as io, torch.no_grad():
         run = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size, edges)
         es = run.edges

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mechattr.circuits._run import Setup
+from mechattr.circuits._run import Setup, check_args
 from mechattr.circuits.circuit import ensure_circuit
 from mechattr.circuits.scores import EdgeScores
 from mechattr.components import MLP, Head
@@ -105,6 +105,7 @@ def evaluate_circuit(
     circ = ensure_circuit(circuit, model)
     if not isinstance(n_subsets, int) or n_subsets < 0:
         raise ValueError(f"n_subsets must be an int >= 0, got {n_subsets!r}")
+    check_args(clean, corrupted, target)
     with model_guard(model), split_io(model) as io, torch.no_grad():
         r = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size)
         unknown = [str(e) for e in circ.edges if e not in r.index]
@@ -168,6 +169,7 @@ def faithfulness_curve(
     if bad:
         raise ValueError(f"counts must lie in 0..{n} (the number of scored edges), got {bad}")
     order = (scores.scores.abs() if absolute else scores.scores).argsort(descending=True, stable=True).tolist()
+    check_args(clean, corrupted, target)
     with model_guard(model), split_io(model) as io, torch.no_grad():
         r = Setup(model, io, clean, corrupted, target, ablation, attention_mask, batch_size)
         masks = [r.mask(restrict=False), r.mask()]

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from mechattr.attribution.schedules import SCHEDULES
-from mechattr.circuits._run import Setup
+from mechattr.circuits._run import Setup, check_args
 from mechattr.components import Edge, parse_edge
 from mechattr.interventions.edges import (
     ABLATIONS,
@@ -117,7 +117,7 @@ def attribute_edges(
     model: Any,
     clean: Any,
     corrupted: Any,
-    target: Callable,
+    target: Callable | None = None,
     *,
     method: str = "eap",
     ablation: str = "patch",
@@ -154,6 +154,7 @@ def attribute_edges(
         raise ValueError("method='clean_corrupted' takes gradients at the corrupted run: it needs ablation='patch'")
     if engine not in ("auto", "split"):
         raise ValueError(f"unknown engine {engine!r}; allowed: ['auto', 'split']")
+    check_args(clean, corrupted, target)
     lio = linear_io(model) if engine == "auto" and method in LINEAR_METHODS else None
     with model_guard(model), split_io(model, heads=lio is None) as io:
         fused = method in ("eap", "clean_corrupted")  # the clean gradient forward also reads the sender outputs

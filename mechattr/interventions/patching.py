@@ -92,7 +92,7 @@ def activation_patch(
     model: Any,
     clean: Any,
     corrupted: Any,
-    target: Callable,
+    target: Callable | None = None,
     *,
     site: str | Site = "head_out",
     per_position: bool = False,

@@ -93,9 +93,9 @@ def path_patch(
     model: Any,
     clean: Any,
     corrupted: Any,
-    target: Callable,
-    senders: Any,
-    receivers: Any,
+    target: Callable | None = None,
+    senders: Any = None,
+    receivers: Any = None,
     *,
     batch_size: int | None = None,
     attention_mask: Any = None,
@@ -115,6 +115,8 @@ def path_patch(
     with model_guard(model), torch.no_grad():
         c, x = prepare_pair(model, clean, corrupted, attention_mask)
         check_target_rows(target, c.shape[0])
+        if senders is None or receivers is None:
+            raise TypeError("path_patch needs senders (heads/MLPs) and receivers ('logits' or [(layer, head, 'q'|'k'|'v')])")
         sends = parse_components(senders, model)
         recv = parse_receivers(model, receivers)
         n_l = model.cfg.n_layers

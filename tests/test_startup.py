@@ -59,13 +59,8 @@ def _options(command=None):
                 yield cmd, p, a
 
 
-PENDING = {"sweep", "sweep-data", "sweep-summary"}  # new subcommands whose help texts are being written
-
-
 @pytest.mark.parametrize("command", sorted(build_parser()._subparsers._group_actions[0].choices))
 def test_every_cli_option_has_help_that_states_its_default(command):
-    if command in PENDING:
-        pytest.xfail(f"{command}: option help pending (issue 15 note to the sweep work)")
     missing, no_default = [], []
     for cmd, p, a in _options(command):
         if not a.help:

@@ -10,7 +10,7 @@ attribution to its own target ``F_b`` (float32, model's device). Methods (regist
   other layers recompute: ``A_l ⊙ ∫₀¹ ∂F(α·A_l)/∂A_l dα``. Per layer the entries sum to
   ``F(x) − F(A_l = 0)``.
 - ``rpi``: randomized path integration over the pre-softmax attention *scores*
-  (Shapiro et al. 2024; paper 000 §5): for each layer, ``R`` random baselines
+  (Shapiro et al. 2024, §5): for each layer, ``R`` random baselines
   ``b_r ~ N(μ_l, σ_l²)`` (μ, σ: mean and std of that layer's unmasked clean scores unless
   given), IG from ``b_r`` to the clean scores (masked entries stay masked), averaged over
   ``r`` (``return_all=True`` keeps ``[R, ...]`` so a caller can pick the map a task
@@ -122,7 +122,7 @@ def attribute_attention(
 ) -> Float[Tensor, "..."] | tuple[Tensor, Tensor | None]:
     """Attribute each example's target to every attention weight: ``[batch, n_layers,
     n_heads, q, k]`` (``rpi`` with ``return_all=True``: ``[R, batch, n_layers, n_heads, q,
-    k]``). Methods ``grad_x_attn``, ``ig`` (Hao et al. 2021), ``rpi`` (paper 000): see the
+    k]``). Methods ``grad_x_attn``, ``ig`` (Hao et al. 2021), ``rpi`` (Shapiro et al. 2024): see the
     module docstring. ``n_steps``/``schedule``: quadrature of ``ig``/``rpi``;
     ``n_baselines``, ``seed``, ``mu``, ``sigma``: RPI's Gaussian baselines over scores.
     Masked (future / padding) entries get 0.

@@ -7,7 +7,7 @@ baseline). Built from a spec (:func:`embedding_baseline`): ``None`` (the model's
 ``"zero"`` (zero embedding), ``"pad"``/``"mask"`` (the tokenizer's pad/mask token), an int
 token id, ``"mean"`` (mean token embedding), ``"uniform"`` (a uniformly random token per
 position), ``"gaussian"`` (``N(μ, σ²I)`` with ``μ`` the mean token embedding and ``σ`` the
-std of its entries — RPI, paper 000 §6), an int tensor of baseline token ids, a float
+std of its entries — RPI, Shapiro et al. 2024, §6), an int tensor of baseline token ids, a float
 tensor, or a sampler ``fn(n, embeds [batch, pos, d_model], generator) -> [n, batch, pos,
 d_model]``. A token's embedding is its ``hook_embed`` value on this model
 (:func:`mechattr.runtime.embedding.embed_tokens`: Gemma's √d_model scale and Bloom's

@@ -25,7 +25,7 @@ def _path_out(r: Any, **extras: Any) -> MethodOutput:
 
 @register("saliency", reduction="l2", cite="Simonyan et al. 2014")
 def saliency(ctx: Ctx) -> MethodOutput:
-    """Saliency: ``∂F/∂e_t`` at the input (Simonyan et al. 2014; paper 004), reduced by its
+    """Saliency: ``∂F/∂e_t`` at the input (Simonyan et al. 2014), reduced by its
     L2 norm over ``d_model`` by default (``reduction="sum"`` gives the signed sum)."""
     r = ctx.integrate([1.0], [1.0], _zero_baseline(ctx))
     return MethodOutput(r.grads, None, r.f_input, None)
@@ -33,7 +33,7 @@ def saliency(ctx: Ctx) -> MethodOutput:
 
 @register("input_x_gradient", cite="Shrikumar et al. 2016")
 def input_x_gradient(ctx: Ctx) -> MethodOutput:
-    """Gradient × input: ``e_t ⊙ ∂F/∂e_t`` (Shrikumar et al. 2016; paper 002)."""
+    """Gradient × input: ``e_t ⊙ ∂F/∂e_t`` (Shrikumar et al. 2016)."""
     r = ctx.integrate([1.0], [1.0], _zero_baseline(ctx))
     return MethodOutput(r.attributions, None, r.f_input, None)
 
@@ -41,14 +41,14 @@ def input_x_gradient(ctx: Ctx) -> MethodOutput:
 @register("ig", default_steps=64, cite="Sundararajan et al. 2017")
 def ig(ctx: Ctx, quadrature: str = "gausslegendre") -> MethodOutput:
     """Integrated gradients: ``(x − x') ⊙ ∫₀¹ ∂F(x' + α(x − x'))/∂x dα`` (Sundararajan et al.
-    2017, eq. 1; paper 000), by ``quadrature`` with ``n_steps`` nodes (default 64)."""
+    2017, eq. 1), by ``quadrature`` with ``n_steps`` nodes (default 64)."""
     a, w = schedule(ctx.steps(64), quadrature)
     return _path_out(ctx.integrate(a, w, ctx.baseline(1)))
 
 
-@register("ig_clipped", default_steps=64, cite="paper 003, appendix A.2 (IGCG)")
+@register("ig_clipped", default_steps=64, cite="the AIEG paper, appendix A.2 (IGCG)")
 def ig_clipped(ctx: Ctx, theta: float | tuple[float, float] = 1e6, quadrature: str = "gausslegendre") -> MethodOutput:
-    """IG with clipped gradients (IGCG, paper 003 A.2): each step's ``∂F/∂e`` capped to
+    """IG with clipped gradients (IGCG, the AIEG paper's appendix A.2): each step's ``∂F/∂e`` capped to
     ``[−θ, θ]`` (or ``[θ⁻, θ⁺]``), θ = 1e6 as in the paper's experiments."""
     a, w = schedule(ctx.steps(64), quadrature)
     return _path_out(ctx.integrate(a, w, ctx.baseline(1), grad_clip=theta))
@@ -75,16 +75,16 @@ def expected_gradients(ctx: Ctx, n_samples: int | None = None) -> MethodOutput:
     return _path_out(ctx.integrate(alphas, torch.ones_like(alphas), b))
 
 
-@register("rpi", default_steps=32, cite="paper 000 §5 (Randomized Path Integration)")
+@register("rpi", default_steps=32, cite="Shapiro et al. 2024, §5 (Randomized Path Integration)")
 def rpi(ctx: Ctx, n_baselines: int = 4, psi: Any = "comprehensiveness", k: float = 0.2, quadrature: str = "gausslegendre") -> MethodOutput:
-    """Randomized Path Integration (paper 000 §5): R baselines ``b_r ~ N(μ, σ²I)`` (``baseline``
+    """Randomized Path Integration (Shapiro et al. 2024, §5): R baselines ``b_r ~ N(μ, σ²I)`` (``baseline``
     default ``"gaussian"``: μ, σ from the token embeddings; or any spec/sampler), an IG map ``m_r`` per
     baseline (``n_steps`` each, default 32), and per example ``argmax_r ψ(m_r)``.
 
     ``psi``: ``"comprehensiveness"`` (F(x) − F(x without the top-k tokens)), ``"sufficiency"``
     (−(F(x) − F(only the top-k tokens))), or ``fn(ctx, maps [R, batch, pos]) -> [R, batch]``
     (higher is better); removal = zero embedding, top ``k`` = fraction of attributable tokens
-    (paper 003 A.4). Extras: ``maps [R, batch, pos]``, ``psi [R, batch]``, ``chosen [batch]``.
+    (the AIEG paper, appendix A.4). Extras: ``maps [R, batch, pos]``, ``psi [R, batch]``, ``chosen [batch]``.
     A deterministic ``baseline`` (zero, a token id, a tensor) gives R = 1: one map, plain IG.
     """
     from mechattr.attribution.other_methods import removal_psi
@@ -125,9 +125,9 @@ def _ps_density(density: Any, a: Tensor) -> tuple[Tensor, Tensor]:
     raise ValueError(f"unknown density {density!r}; allowed: 'uniform' or ('beta', a, b)")
 
 
-@register("ps_ig", default_steps=64, cite="Kamalov et al. (PS-IG), paper 001")
+@register("ps_ig", default_steps=64, cite="Kamalov et al. (PS-IG)")
 def ps_ig(ctx: Ctx, density: Any = "uniform", quadrature: str = "gausslegendre") -> MethodOutput:
-    """Path-sampled IG (paper 001): ``E_{β~p}[IG(x; x'_β)]`` with baselines ``x'_β = x' + β(x − x')``
+    """Path-sampled IG (Kamalov et al.): ``E_{β~p}[IG(x; x'_β)]`` with baselines ``x'_β = x' + β(x − x')``
     sampled along the path, computed as the equivalent path-weighted IG
     ``(x − x') ⊙ ∫₀¹ P(β ≤ α) ∂F(x' + α(x − x'))/∂x dα`` (weight = the CDF of ``p``).
 
@@ -142,9 +142,9 @@ def ps_ig(ctx: Ctx, density: Any = "uniform", quadrature: str = "gausslegendre")
     return MethodOutput(r.attributions, delta, r.f_input, e_fb)
 
 
-@register("aieg", per_dim=False, default_steps=64, cite="paper 003, eqs. 9-13, appendix A.3")
+@register("aieg", per_dim=False, default_steps=64, cite="the AIEG paper, eqs. 9-13, appendix A.3")
 def aieg(ctx: Ctx) -> MethodOutput:
-    """AIEG (paper 003, eqs. 9–13, A.3): ``NetAttention_t · PosNorm(IG_EF)_t``.
+    """AIEG (the AIEG paper, eqs. 9–13, appendix A.3): ``NetAttention_t · PosNorm(IG_EF)_t``.
 
     ``IG_EF = Σ_d (x − x') ⊙ (1/N) Σ_{k=1..N} EF_k ∂F(x' + α_k(x − x'))/∂x`` with ``α_k = k/N``
     and the emphasis factor ``EF_k = |F(α_k) − F(α_{k−1})| / (|F(α_k)| + |F(α_{k−1})|)``

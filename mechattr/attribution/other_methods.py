@@ -47,7 +47,7 @@ def _windows(ctx: Ctx, window: int, stride: int) -> Tensor:
     return out.to(ctx.tokens.device)
 
 
-@register("occlusion", per_dim=False, cite="Zeiler & Fergus 2014; paper 004")
+@register("occlusion", per_dim=False, cite="Zeiler & Fergus 2014")
 def occlusion(ctx: Ctx, window: int = 1, stride: int = 1) -> MethodOutput:
     """Occlusion: ``F(x) − F(x with a window of tokens replaced by the baseline embedding)``.
 
@@ -91,15 +91,15 @@ def patterns(ctx: Ctx) -> Tensor:
 
 def net_attention(ctx: Ctx) -> Tensor:
     """``NetAttention [batch, pos]``: attention from the target position to each token,
-    averaged over layers and heads (paper 003, eq. 9)."""
+    averaged over layers and heads (the AIEG paper, eq. 9)."""
     p = patterns(ctx)
     rows = torch.arange(p.shape[0], device=p.device)
     return p[rows, :, :, ctx.target_pos.to(p.device), :].mean((1, 2))
 
 
-@register("attention", per_dim=False, cite="paper 003 (attention-only baseline)")
+@register("attention", per_dim=False, cite="the AIEG paper (attention-only baseline)")
 def attention(ctx: Ctx) -> MethodOutput:
-    """Attention-only baseline of paper 003: layer- and head-averaged attention weight from
+    """Attention-only baseline of the AIEG paper: layer- and head-averaged attention weight from
     the target position to each token (eq. 9)."""
     return MethodOutput(net_attention(ctx))
 
@@ -142,7 +142,7 @@ def top_k_mask(maps: Tensor, allowed: Tensor, k: float) -> Tensor:
 
 
 def removal_psi(ctx: Ctx, maps: Tensor, psi: str, k: float) -> Tensor:
-    """ψ for RPI, higher is better (DeYoung et al. 2020; paper 003 A.4), removal = zero embedding.
+    """ψ for RPI, higher is better (DeYoung et al. 2020; the AIEG paper, appendix A.4), removal = zero embedding.
 
     ``comprehensiveness``: ``F(x) − F(x with the top-k removed)``; ``sufficiency``:
     ``−(F(x) − F(x with all but the top-k removed))``. ``[R, batch]``.

@@ -2,7 +2,7 @@
 
 Every gradient method (saliency, input×gradient, IG, clipped IG, expected gradients, RPI,
 AIEG, PS-IG, IG over internal activations) is a weighted sum of gradients taken at points
-``a(α) = b + α·(x − b)`` of one activation (Sundararajan et al. 2017, eq. 1; paper 000):
+``a(α) = b + α·(x − b)`` of one activation (Sundararajan et al. 2017, eq. 1):
 
     G = Σ_k w_k · ∂F/∂a |_{a(α_k)},        A = (x − b) ⊙ G.
 

@@ -46,15 +46,15 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("analysis", help=f"one of {names()}")
     p.add_argument("--out", required=True, help="output directory (shards, manifest); rerun to resume")
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="analysis option (JSON values), repeatable")
-    p.add_argument("--options", help="analysis options as one JSON object")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--options", help="analysis options as one JSON object (default: none)")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per batch (memory stays bounded by it)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="one local process, or a Ray actor pool (pip install mechattr[ray])")
     p.add_argument("--num-workers", type=int, default=2, help="ray actors (one model replica each; one GPU each when present)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: start a local one)")
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip", help="malformed rows: leave out and list them, or refuse the dataset")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cpu; Ray actors get their own GPU when present)")
     p.add_argument("--overwrite", action="store_true", help="delete what is in --out first")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--summary", action="store_true", help="write summary.html + aggregates.json when done")
 
 
@@ -85,7 +85,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", help="organism task name (induction, ioi, sentiment, ...)")
     p.add_argument("n", type=int, help="number of examples")
     p.add_argument("--out", required=True, help="JSONL file to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 @command("sweep-data", "write an organism task sample as a JSONL sweep dataset (id, prompt, answer, corrupted)")
@@ -102,8 +102,8 @@ _data.add_arguments = _data_args  # type: ignore[attr-defined]
 
 def _summary_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="a sweep's output directory")
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 @command("sweep-summary", "aggregate a sweep's shards: aggregates.json + summary.html (bootstrap CIs)")

@@ -30,13 +30,12 @@ import torch
 
 from mechattr.circuits._run import Setup, check_args
 from mechattr.circuits.circuit import Circuit
+from mechattr.circuits.names import SELECTIONS
 from mechattr.circuits.scores import EdgeScores, attribute_edges
 from mechattr.components import Edge, Input, Logits, node_order
 from mechattr.io import versions
 from mechattr.model import check_model, model_guard
 from mechattr.runtime.split import split_io
-
-SELECTIONS = ("topn", "threshold", "greedy", "acdc")
 
 
 def discover_circuit(

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from mechattr.attribution.schedules import SCHEDULES
 from mechattr.circuits._run import Setup, check_args
+from mechattr.circuits.names import LINEAR_METHODS, METHODS
 from mechattr.components import Edge, parse_edge
 from mechattr.interventions.edges import (
     ABLATIONS,
@@ -49,9 +50,6 @@ from mechattr.runtime.hooks import hooked
 from mechattr.runtime.linear_io import linear_io
 from mechattr.runtime.split import split_io
 from mechattr.targets import check_finite, run_target
-
-METHODS = ("eap", "eap_ig_inputs", "eap_ig_activations", "clean_corrupted", "exact")
-LINEAR_METHODS = ("eap", "clean_corrupted", "eap_ig_inputs")
 
 
 @dataclass

@@ -284,7 +284,7 @@ def run_circuit(*, model: str, out: str | Path, task: str | None, n: int = 16, s
 
 
 def _circuit_args(p: argparse.ArgumentParser) -> None:
-    from mechattr.circuits import METHODS, SELECTIONS
+    from mechattr.circuits.names import ABLATIONS, METHODS, SELECTIONS
 
     p.add_argument("--model", help="organism:<name> or a local model directory (default: organism:<task>)")
     p.add_argument("--task", required=True, help=f"a shipped organism's task, one of: {', '.join(_organism_names())}")
@@ -296,7 +296,7 @@ def _circuit_args(p: argparse.ArgumentParser) -> None:
                    help="|score| threshold for --selection threshold (no default: required there)")
     p.add_argument("--tau", type=float, default=None,
                    help="ACDC threshold in target units for --selection acdc (no default: required there)")
-    p.add_argument("--ablation", default="patch", choices=("patch", "mean", "zero"), help="what an ablated edge carries (default patch)")
+    p.add_argument("--ablation", default="patch", choices=ABLATIONS, help="what an ablated edge carries (default patch)")
     p.add_argument("--min-faithfulness", type=float, default=0.8, help="for the default --edges (default 0.8)")
     p.add_argument("--n-steps", type=int, default=10, help="EAP-IG steps (default 10)")
     p.add_argument("--seed", type=int, default=0, help="task sampling seed (default 0)")

@@ -189,3 +189,12 @@ def test_acdc_on_an_edge_subset_missing_heads(hf_pair):
     tau = float(exact.quantile(0.5))
     got = acdc(m, clean, corr, t, tau=tau, edges=sub, prune=False)
     assert set(got.edges) == set(_sequential_acdc(m, clean, corr, t, sub, tau))
+
+
+def test_light_names_match_the_engines():
+    """The CLI's light name lists (mechattr.circuits.names) are the engines' own."""
+    from mechattr.circuits import names
+    from mechattr.interventions.edges import ABLATIONS
+
+    assert names.ABLATIONS == ABLATIONS
+    assert set(names.LINEAR_METHODS) <= set(names.METHODS)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -13,30 +10,10 @@ import mechattr
 from mechattr import organisms, targets
 from mechattr.runtime.tl import HAS_HOOKED
 from mechattr.sweep import aggregate
-from mechattr.sweep.datasets import write_organism_dataset
 from mechattr.sweep.runner import sweep
-
-SPEC = "organism:induction"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return mechattr.load_model(SPEC, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    return {n: write_organism_dataset("induction", n, d / f"ind{n}.jsonl", seed=3) for n in (16, 400, 2000)}
-
-
-def _rows(out) -> pd.DataFrame:
-    return mechattr.sweep.runner.SweepResult(Path(out), 0, 0).frame().sort_values("id").reset_index(drop=True)
-
-
-def _direct_batch(n: int):
-    b = organisms.task("induction").sample(n, seed=3)
-    return b
+from tests.sweep.conftest import SPEC
+from tests.sweep.conftest import direct_batch as _direct_batch
+from tests.sweep.conftest import rows as _rows
 
 
 def test_sweep_2000_prompts_equals_direct_call_per_example(tmp_path, model, data):

@@ -16,28 +16,8 @@ from mechattr.inputs import prepare_tokens
 from mechattr.sweep import aggregate, shards
 from mechattr.sweep.datasets import MalformedDataset, write_organism_dataset
 from mechattr.sweep.runner import sweep
-
-SPEC = "organism:induction"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return mechattr.load_model(SPEC, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    return {n: write_organism_dataset("induction", n, d / f"ind{n}.jsonl", seed=3) for n in (16, 400, 2000)}
-
-
-def _rows(out) -> pd.DataFrame:
-    return mechattr.sweep.runner.SweepResult(Path(out), 0, 0).frame().sort_values("id").reset_index(drop=True)
-
-
-def _direct_batch(n: int):
-    b = organisms.task("induction").sample(n, seed=3)
-    return b
+from tests.sweep.conftest import SPEC
+from tests.sweep.conftest import rows as _rows
 
 
 @pytest.mark.parametrize("task", ["induction", "ioi", "sentiment"])

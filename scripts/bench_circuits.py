@@ -35,6 +35,7 @@ Usage: python scripts/bench_circuits.py [--reps 3] [--threads 1] [--quick] [--wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -54,6 +55,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 VOCAB, BATCH, POS, GOOD, BAD = 1000, 8, 32, 5, 9
 IDS = dict(bos_token_id=1, eos_token_id=1, pad_token_id=2)  # unk 0, bos/eos 1, pad 2; plain ids >= 3
@@ -411,7 +413,7 @@ def compare(ours, theirs: dict) -> dict:
 # ------------------------------------------------------------------ peer side (runs in the peer venv, no mechattr)
 def peer_main(a: argparse.Namespace) -> None:
     data = Path(a.data)
-    inp = torch.load(data / "inputs.pt")
+    inp = {**json.loads((data / "inputs.json").read_text()), **load_file(str(data / "inputs.safetensors"))}
     res = {"versions": {"torch": torch.__version__}}
     (peer_tl43 if a.peer == "tl43" else peer_circuitkit)(a, data, inp, res)
     (data / f"{a.peer}.json").write_text(json.dumps(res))
@@ -458,13 +460,23 @@ def peer_tl43(a, data: Path, inp: dict, res: dict) -> None:
     res["eap"] = {"time": t, "scores": agg, "n_position_edges": len(r.edge_scores)}
 
 
+def save_ht(m, data: Path, stem: str) -> None:
+    """A HookedTransformer as JSON config + safetensors state (no pickle), for :func:`ht_from`."""
+    cfg = {k: (str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v) for k, v in m.cfg.to_dict().items()}
+    (data / f"{stem}_ht.json").write_text(json.dumps(cfg))
+    save_file({k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}, str(data / f"{stem}_ht.safetensors"))
+
+
 def ht_from(data: Path, stem: str):
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
-    saved = torch.load(data / f"{stem}_ht.pt", weights_only=False)
-    m = HookedTransformer(saved["cfg"], AutoTokenizer.from_pretrained(str(data / f"{stem}_hf")), move_to_device=False)
-    m.load_state_dict(saved["state"])
+    d = json.loads((data / f"{stem}_ht.json").read_text())
+    init = {f.name for f in dataclasses.fields(HookedTransformerConfig) if f.init}  # the peer's TL may know fewer
+    d = {k: v for k, v in d.items() if k in init}
+    d["dtype"] = getattr(torch, d["dtype"])
+    m = HookedTransformer(HookedTransformerConfig(**d), AutoTokenizer.from_pretrained(str(data / f"{stem}_hf")), move_to_device=False)
+    m.load_state_dict(load_file(str(data / f"{stem}_ht.safetensors")))
     m.eval()
     for f in FLAGS:
         getattr(m, f"set_{f}")(True)
@@ -753,9 +765,10 @@ def main() -> None:
             for stem in ("main", "tiny"):
                 m = models[stem]
                 if hasattr(m.cfg, "to_dict") and type(m).__name__ == "HookedTransformer":
-                    torch.save({"cfg": m.cfg, "state": m.state_dict()}, data / f"{stem}_ht.pt")
-            torch.save({"clean": clean, "corr": corr, "good": GOOD, "bad": BAD, "steps": a.steps, "tau": a.tau,
-                        "acdc_edges": r3["acdc_edges"]}, data / "inputs.pt")
+                    save_ht(m, data, stem)
+            save_file({"clean": clean.contiguous(), "corr": corr.contiguous()}, str(data / "inputs.safetensors"))
+            (data / "inputs.json").write_text(json.dumps({"good": GOOD, "bad": BAD, "steps": a.steps, "tau": a.tau,
+                                                          "acdc_edges": r3["acdc_edges"]}))
         for name in names:
             py, note = ensure_venv(Path(a.venvs), name, install=a.install or not a.quick)
             p = {"note": note}

@@ -22,7 +22,7 @@ from mechattr.runtime.arch import (
 from mechattr.runtime.attention import fix_masked_rows
 from mechattr.runtime.device import default_device, model_device, model_dtype  # noqa: F401
 from mechattr.runtime.hooks import library_hook_ids
-from mechattr.runtime.tl import is_bridge  # noqa: F401 (re-exported)
+from mechattr.runtime.tl import is_bridge, set_config_flags  # noqa: F401 (is_bridge re-exported)
 
 TL_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "use_attn_in")
 from mechattr.runtime.loading import ORGANISM_PREFIX  # noqa: E402,F401
@@ -93,13 +93,7 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
                 g.copy_(v)
             p.grad = g
             p.requires_grad_(r)
-        for f, v in flags.items():
-            if getattr(cfg, f) != v:
-                setter = getattr(model, f"set_{f}", None)
-                if callable(setter):
-                    setter(v)
-                else:  # pragma: no cover
-                    setattr(cfg, f, v)
+        set_config_flags(model, {f: v for f, v in flags.items() if getattr(cfg, f) != v})
 
 
 @contextlib.contextmanager
@@ -108,14 +102,11 @@ def tl_flags(model: Any, **flags: bool) -> Iterator[None]:
     for f in flags:
         if f not in TL_FLAGS:
             raise ValueError(f"unknown TransformerLens flag {f!r}; known: {list(TL_FLAGS)}")
-    old = {f: getattr(model.cfg, f) for f in flags}
+    old = set_config_flags(model, flags)
     try:
-        for f, v in flags.items():
-            getattr(model, f"set_{f}")(v)
         yield
     finally:
-        for f, v in old.items():
-            getattr(model, f"set_{f}")(v)
+        set_config_flags(model, old)
 
 
 # --------------------------------------------------------------------------- loading

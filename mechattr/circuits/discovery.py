@@ -160,12 +160,14 @@ def acdc(
         current = evaluate(ablated[None])[0]
         parallel = io.parallel
         into: dict[Any, list[int]] = {}
+        out_of: dict[Any, list[int]] = {}
         for i, e in enumerate(es):
             into.setdefault(e.receiver, []).append(i)
+            out_of.setdefault(e.sender, []).append(i)
         n_evals = 1
         for r in sorted(into, key=lambda n: node_order(n, parallel), reverse=True):
             cand = sorted(into[r], key=lambda i: (node_order(es[i].sender, parallel), es[i].input or ""), reverse=True)
-            if not isinstance(r, Logits) and not any(not ablated[i] and es[i].sender == r for i in range(len(es))):
+            if not isinstance(r, Logits) and bool(ablated[out_of.get(r, [])].all()):
                 ablated[cand] = True  # r reaches nothing any more
                 continue
             width = 1  # speculative prefix length: doubles after a batch of removals, resets after a keep

@@ -35,7 +35,7 @@ from torch import Tensor
 from mechattr.attribution.schedules import SCHEDULES
 from mechattr.circuits._run import Setup, check_args
 from mechattr.circuits.names import LINEAR_METHODS, METHODS
-from mechattr.components import Edge, parse_edge
+from mechattr.components import Edge, Input, parse_edge
 from mechattr.interventions.edges import (
     ABLATIONS,
     Graph,
@@ -164,6 +164,7 @@ def attribute_edges(
         delta = ref - clean_out
         settings: dict[str, Any] = {"method": method, "ablation": ablation, "engine": "linear" if lio else "split", "versions": versions()}
         totals: dict[str, float] = {}
+        pp = None
         if method == "exact":
             with torch.no_grad():
                 eff, base = edge_effects(model, c.tokens, graph, delta, target, attention_mask=c.attention_mask, batch_size=batch_size)
@@ -173,12 +174,11 @@ def attribute_edges(
             settings["n_steps"] = 1 if method == "eap" else 2 if method == "clean_corrupted" else n_steps
             if method == "eap_ig_activations":
                 grads, totals = _receiver_paths(model, c, graph, delta, target, n_steps, batch_size)
-            else:
-                grads = grads or _receiver_grads(model, c, x, graph, ref, clean_out, target, method, n_steps, batch_size, lio)
+            elif grads is None:
+                grads = _receiver_grads(model, c, x, graph, ref, clean_out, target, method, n_steps, batch_size, lio)
             scores, pp = _contract(graph, delta, grads, per_position)
-        out = EdgeScores(es, scores.detach().float().cpu(), method, settings, totals)
-        out.per_position = None if method == "exact" or pp is None else pp.detach().float().cpu()
-        return out
+        return EdgeScores(es, scores.detach().float().cpu(), method, settings, totals,
+                          None if pp is None else pp.detach().float().cpu())
 
 
 def _receiver_hooks(graph: Graph) -> list[str]:
@@ -197,7 +197,7 @@ def _contract(graph: Graph, delta: Tensor, grads: dict[str, Tensor], per_positio
     d = delta.expand(first.shape[0], *delta.shape[1:]) if delta.shape[0] == 1 else delta
     d = d.float()
     flat = None if per_position else d.permute(2, 0, 1, 3).reshape(d.shape[2], -1)  # [sender, b·pos·d]
-    s_index = {s: i for i, s in enumerate(graph.senders)}
+    s_index = graph.sender_index
     by_hook: dict[str, list[tuple[int, int, int]]] = {}
     for i, e in enumerate(graph.edges):
         hook, idx = graph.io.receiver(e.receiver, e.input)
@@ -291,7 +291,7 @@ def _receiver_grads(model: Any, c: Any, x: Any, graph: Graph, ref: Tensor | None
         g1 = _grad_run(model, c.tokens, c.attention_mask, target, names, B, None, linear, capture)
         g2 = _grad_run(model, x.tokens, x.attention_mask, target, names, B, None, linear)
         return {k: (g1[k] + g2[k]) / 2 for k in names}
-    i_in = graph.senders.index(next(s for s in graph.senders if str(s) == "input"))
+    i_in = graph.sender_index[Input()]
     x_clean, x_ref = clean_out[:, :, i_in], ref[:, :, i_in].expand_as(clean_out[:, :, i_in])
     alphas = torch.arange(1, n_steps + 1, dtype=torch.float32, device=c.tokens.device) / n_steps
     acc: dict[str, Tensor] = {}
@@ -318,7 +318,7 @@ def _receiver_paths(model: Any, c: Any, graph: Graph, delta: Tensor, target: Cal
     alphas, weights = alphas.float().to(c.tokens.device), weights.float().to(c.tokens.device)
     recv: dict[tuple, list[int]] = {}
     for e in graph.edges:
-        recv.setdefault((e.receiver, e.input), []).append(graph.senders.index(e.sender))
+        recv.setdefault((e.receiver, e.input), []).append(graph.sender_index[e.sender])
     keys = list(recv)
     d = delta.expand(B, *delta.shape[1:]) if delta.shape[0] == 1 else delta
     dx = {k: d[:, :, sorted(set(v))].sum(2) for k, v in recv.items()}  # [B, pos, d_model]

@@ -20,6 +20,7 @@ supplies each head's own input), where ``ref_s`` is ``s``'s output in the corrup
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,11 @@ class Graph:
     def of(cls, model: Any, io: SplitIO, edges: Sequence[Edge]) -> Graph:
         senders = tuple(n for n in model_nodes(model) if not isinstance(n, Logits))
         return cls(tuple(edges), senders, io)
+
+    @functools.cached_property
+    def sender_index(self) -> dict[Node, int]:
+        """Position of each sender in :attr:`senders` (the sender axis of outputs)."""
+        return {s: i for i, s in enumerate(self.senders)}
 
     def sender_hooks(self) -> list[str]:
         return list(dict.fromkeys(self.io.sender(s)[0] for s in self.senders))
@@ -106,12 +112,12 @@ def reference_outputs(clean_out: Tensor, ablation: str, corrupted_out: Tensor | 
     return torch.zeros_like(clean_out[:1])
 
 
-def _delta_values(graph: Graph, e: Edge, delta: Tensor, n_recv: dict[str, int]) -> Edit:
+def _delta_values(graph: Graph, e: Edge, delta: Tensor) -> Edit:
     """The ``ADD`` edit of sender ``e.sender``'s difference at ``e``'s receiver input."""
     hook, idx = graph.io.receiver(e.receiver, e.input)
-    d = delta[:, :, graph.senders.index(e.sender)]
+    d = delta[:, :, graph.sender_index[e.sender]]
     if idx:  # a per-head input [pos, head, d_model]
-        d = d[:, :, None, :].expand(d.shape[0], d.shape[1], n_recv[hook], d.shape[-1])
+        d = d[:, :, None, :].expand(d.shape[0], d.shape[1], graph.io.slots(hook), d.shape[-1])
     return Edit(hook, idx, Mode.ADD, d)
 
 
@@ -128,9 +134,7 @@ def edge_effects(
     """Target of every edge of ``graph`` patched alone, and of the clean run.
 
     ``delta = ref − clean`` sender outputs (``[B or 1, pos, sender, d_model]``)."""
-    n_recv = {f"blocks.{layer}.hook_{w}_input": (graph.io.n_heads if w == "q" else graph.io.n_kv_heads)
-              for layer in range(graph.io.n_layers) for w in "qkv"}
-    variants = [Variant()] + [Variant((_delta_values(graph, e, delta, n_recv),), str(e)) for e in graph.edges]
+    variants = [Variant()] + [Variant((_delta_values(graph, e, delta),), str(e)) for e in graph.edges]
     out = run_variants(model, tokens, variants, target, attention_mask=attention_mask, batch_size=batch_size)
     return out[1:], out[0]
 
@@ -143,15 +147,15 @@ def _receiver_plan(graph: Graph) -> dict[str, tuple[list[int], Tensor]]:
     slots: dict[str, dict[tuple, int]] = {}
     for i, e in enumerate(graph.edges):
         hook, idx = io.receiver(e.receiver, e.input)
-        slots.setdefault(hook, {})[(graph.senders.index(e.sender), idx[1] if idx else 0)] = i
+        slots.setdefault(hook, {})[(graph.sender_index[e.sender], idx[1] if idx else 0)] = i
     plan = {}
     for hook, m in slots.items():
         send = sorted({s for s, _ in m})
+        row = {s: j for j, s in enumerate(send)}
         # every head of the hook has a slot, also those no edge of this graph reaches
-        n_slot = io.n_heads if hook.endswith("hook_q_input") else io.n_kv_heads if hook.endswith(("hook_k_input", "hook_v_input")) else 1
-        ids = torch.full((len(send), n_slot), -1, dtype=torch.long)
+        ids = torch.full((len(send), io.slots(hook)), -1, dtype=torch.long)
         for (s, r), i in m.items():
-            ids[send.index(s), r] = i
+            ids[row[s], r] = i
         plan[hook] = (send, ids)
     return plan
 

@@ -30,6 +30,7 @@ import torch
 from mechattr.components import MLP, Head, Input, Logits, Node
 from mechattr.runtime.arch import arch
 from mechattr.runtime.memo import per_model
+from mechattr.runtime.tl import set_config_flags
 
 
 class SplitUnsupported(ValueError):
@@ -42,19 +43,6 @@ SPLIT_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in")
 def flags_for(model: Any) -> tuple[str, ...]:
     """The split flags ``model`` takes (no MLP-input hook in attention-only models)."""
     return tuple(f for f in SPLIT_FLAGS if not (f == "use_hook_mlp_in" and arch(model).attn_only))
-
-
-def set_flags(model: Any, flags: dict[str, bool]) -> dict[str, bool]:
-    """Set TransformerLens config flags (through ``model.set_<flag>`` where it exists);
-    return the previous values."""
-    old = {f: bool(getattr(model.cfg, f, False)) for f in flags}
-    for f, v in flags.items():
-        setter = getattr(model, f"set_{f}", None)
-        if callable(setter):
-            setter(v)
-        else:
-            setattr(model.cfg, f, v)
-    return old
 
 
 @dataclass(frozen=True)
@@ -80,6 +68,13 @@ class SplitIO:
         if isinstance(node, MLP):
             return f"blocks.{node.layer}.hook_mlp_out", ()
         raise ValueError(f"{node} sends nothing: only input, heads and MLPs are senders")
+
+    def slots(self, hook: str) -> int:
+        """How many receivers a receiver hook holds: ``n_heads`` (``hook_q_input``),
+        ``n_kv_heads`` (``hook_k/v_input``), else 1."""
+        if hook.endswith("hook_q_input"):
+            return self.n_heads
+        return self.n_kv_heads if hook.endswith(("hook_k_input", "hook_v_input")) else 1
 
     def receiver(self, node: Node, which: str | None = None) -> tuple[str, tuple]:
         """``(hook, index)`` of ``node``'s input ``which`` (``q``/``k``/``v`` for heads)."""
@@ -111,11 +106,11 @@ def split_io(model: Any, *, check: bool = True, heads: bool = True) -> Iterator[
         if err:
             raise SplitUnsupported(err)
     flags = [f for f in flags_for(model) if heads or f == "use_hook_mlp_in"]
-    old = set_flags(model, {f: True for f in flags})
+    old = set_config_flags(model, {f: True for f in flags})
     try:
         yield layout(model)
     finally:
-        set_flags(model, old)
+        set_config_flags(model, old)
 
 
 @per_model
@@ -142,7 +137,7 @@ def _split_error(model: Any) -> str:
     try:
         with torch.no_grad():
             for on in (True, False):
-                old = set_flags(model, {f: on for f in flags_for(model)})
+                old = set_config_flags(model, {f: on for f in flags_for(model)})
                 try:
                     if on:
                         known = set(getattr(model, "hook_dict", {}) or {})
@@ -153,7 +148,7 @@ def _split_error(model: Any) -> str:
                     else:
                         out[on] = model(toks)
                 finally:
-                    set_flags(model, old)
+                    set_config_flags(model, old)
     except Exception as e:  # TransformerLens refuses split inputs on this architecture
         return _why(model, str(e))
     silent = [n for n in names if n not in fired]

@@ -101,3 +101,16 @@ __all__ = [
     "require_hooked",
     *_NAMES,  # HookedTransformer, HookedTransformerConfig, TransformerBridge, get_act_name, ...
 ]
+
+
+def set_config_flags(model: Any, flags: dict[str, bool]) -> dict[str, bool]:
+    """Set TransformerLens config flags (``use_split_qkv_input`` …) through ``model.set_<flag>``
+    where it exists (it rewires hooks), else on ``model.cfg``; returns the previous values."""
+    old = {f: bool(getattr(model.cfg, f, False)) for f in flags}
+    for f, v in flags.items():
+        setter = getattr(model, f"set_{f}", None)
+        if callable(setter):
+            setter(v)
+        else:
+            setattr(model.cfg, f, v)
+    return old

@@ -97,6 +97,12 @@ def _reference(ablation: str, clean_out: torch.Tensor, corr_out: torch.Tensor | 
     return clean_out.mean(0, keepdim=True).expand_as(clean_out)
 
 
+def _delta(ablation: str, clean_c: dict, corr_c: dict | None, name: str, idx: tuple) -> torch.Tensor:
+    """``ref_s − clean_s`` of the sender at ``name[idx]``."""
+    c = clean_c[name][idx]
+    return _reference(ablation, c, None if corr_c is None else corr_c[name][idx]) - c
+
+
 @torch.no_grad()
 def slow_edge_effects(
     model: Any, clean: torch.Tensor, corrupted: torch.Tensor | None, target: Callable, edges: Iterable[Any], ablation: str = "patch",
@@ -113,8 +119,7 @@ def slow_edge_effects(
         for e in edges:
             s_name, s_idx = sender_hook(e.sender)
             r_name, r_idx = receiver_hook(model, e.receiver, e.input)
-            c = clean_c[s_name][s_idx]
-            delta = _reference(ablation, c, None if corr_c is None else corr_c[s_name][s_idx]) - c
+            delta = _delta(ablation, clean_c, corr_c, s_name, s_idx)
 
             def hook(x, hook, r_idx=r_idx, delta=delta):
                 x = x.clone()
@@ -158,8 +163,7 @@ def slow_eap_scores(
         for e in edges:
             s_name, s_idx = sender_hook(e.sender)
             r_name, r_idx = receiver_hook(model, e.receiver, e.input)
-            c = clean_c[s_name][s_idx]
-            delta = _reference(ablation, c, None if corr_c is None else corr_c[s_name][s_idx]) - c
+            delta = _delta(ablation, clean_c, corr_c, s_name, s_idx)
             out.append((delta * grads[r_name][r_idx]).sum())
     return torch.stack(out).detach().cpu() if out else torch.zeros(0)
 

@@ -1,0 +1,1 @@
+"""Token attribution methods (being implemented; see issue 13)."""

@@ -4,6 +4,11 @@
 14 words (15 tokens with BOS); the two names appear in both orders (ABBA and BABA) and the
 subject is repeated later (S2). Answer: the indirect object (IO). ``corrupted`` replaces S2
 by the IO, so the repeated name and hence the answer flip to the subject.
+``corruptions["key"]`` replaces S1 by a third name: S2 no longer repeats an earlier name, so
+whatever attends from S2 (or from the end) to the earlier copy of the subject (duplicate-token
+and induction-type heads in Wang et al. 2022's IOI circuit; here, the heads that find and
+subtract the subject) finds nothing, while the IO token, the answer source, is untouched and
+the sentence no longer says which of the two first names is the indirect object.
 ``source_positions`` = ``[IO position]``. ``info`` holds ``io``, ``s1``, ``s2`` positions.
 """
 
@@ -44,6 +49,14 @@ class IOITask(Task):
     """Indirect-object identification; see the module docstring."""
 
     name = "ioi"
+    corruption_notes = {
+        "value": "S2 replaced by the IO name, so the repeated name and the answer flip to the subject; reaches "
+        "every head that reads the names' identities (value path) and the subject detection at S2",
+        "key": "S1 replaced by a third name not in the sentence, so S2 matches no earlier name (the duplicate "
+        "the subject-detecting heads look for: their key/query path); IO stays in place, but the subject can "
+        "no longer be told from the IO, so the IO logit should drop. Reaches the heads attending to S1/S2 "
+        "(here L0H0, which attends to the subject tokens) and what reads their output",
+    }
 
     def __init__(self) -> None:
         self.vocab = _words()
@@ -60,8 +73,8 @@ class IOITask(Task):
 
     def generate(self, n: int, g: torch.Generator) -> tuple[TaskBatch, Tensor]:
         t = self.templates[torch.randint(len(self.templates), (n,), generator=g)]
-        pick = torch.rand(n, len(self.name_ids), generator=g).argsort(-1)[:, :2]
-        io, s = self.name_ids[pick[:, 0]], self.name_ids[pick[:, 1]]
+        pick = torch.rand(n, len(self.name_ids), generator=g).argsort(-1)[:, :3]
+        io, s, third = self.name_ids[pick[:, 0]], self.name_ids[pick[:, 1]], self.name_ids[pick[:, 2]]
         abba = torch.rand(n, generator=g) < 0.5
         a, b = torch.where(abba, io, s), torch.where(abba, s, io)
         place = self.place_ids[torch.randint(len(self.place_ids), (n,), generator=g)]
@@ -77,11 +90,14 @@ class IOITask(Task):
         io_pos = torch.where(abba, (t == -1).long().argmax(1), (t == -2).long().argmax(1))
         s1_pos = torch.where(abba, (t == -2).long().argmax(1), (t == -1).long().argmax(1))
         s2_pos = (t == -3).long().argmax(1)
+        key = tokens.clone()
+        key[torch.arange(n), s1_pos] = third
         labels = torch.full_like(tokens, IGNORE)
         labels[:, -1] = io
         batch = TaskBatch(
             tokens=tokens, answers=io, corrupted=corrupted, corrupted_answers=s,
             target=targets.logit(io, pos=-1), source_positions=io_pos[:, None],
             info={"io": io_pos, "s1": s1_pos, "s2": s2_pos},
+            **self.corruption_fields(key, {"value": s2_pos, "key": s1_pos}),
         )
         return batch, labels

@@ -105,10 +105,23 @@ class PlantedBackupTask(Task):
 
     Row: BOS, then ``n_pos - 1`` uniform random tokens (repeats allowed). Answer ``x_1``.
     ``corrupted`` replaces ``x_1`` by a different token (the corrupted answer).
-    ``source_positions`` = ``[1]``. Training labels: the last position only.
+    ``corruptions["key"]`` replaces ``x_1`` by BOS (id 0): the circuit's only token-dependent
+    query/key input is the primary's ``FLAG`` (raised by any non-BOS ``x_1``, read by the
+    backup's query), so this corruption cannot keep the answer source; it removes the flag and
+    the copied token together, and the backup (now attending to position 1) finds BOS's zero
+    value. ``source_positions`` = ``[1]``. Training labels: the last position only.
     """
 
     name = "planted_backup"
+    corruption_notes = {
+        "value": "x_1 replaced by another token (the new answer); reaches the primary's value (OUT) only: the "
+        "flag stays, so the backup stays silent",
+        "key": "x_1 replaced by BOS, which carries no value and no flag: the backup's query (which reads the "
+        "primary's FLAG, the circuit's only token-dependent query/key input) changes and it attends to "
+        "position 1, where it finds nothing to copy. Unlike the other tasks' key corruptions this changes the "
+        "answer source itself (every other position is read by nothing). Reaches the primary (value and "
+        "flag) and the backup's query",
+    }
 
     def __init__(self, d_vocab: int = D_VOCAB, n_pos: int = N_CTX) -> None:
         if d_vocab < 3:
@@ -126,11 +139,14 @@ class PlantedBackupTask(Task):
         fresh = (answers - 1 + shift) % (V - 1) + 1
         corrupted = tokens.clone()
         corrupted[:, SOURCE] = fresh
+        key = tokens.clone()
+        key[:, SOURCE] = 0
         labels = torch.full((n, P), IGNORE)
         labels[:, -1] = answers
         batch = TaskBatch(
             tokens=tokens, answers=answers, corrupted=corrupted, corrupted_answers=fresh,
             target=targets.logit(answers, pos=-1), source_positions=torch.full((n, 1), SOURCE),
+            **self.corruption_fields(key, {"value": torch.full((n,), SOURCE), "key": torch.full((n,), SOURCE)}),
         )
         return batch, labels
 

@@ -107,11 +107,21 @@ class PlantedMLPTask(Task):
     Row: BOS, then ``n_pos - 1`` uniform random digits (repeats allowed). Answer
     ``(x_1 + x_2) mod K``. ``corrupted`` replaces both ``x_1`` and ``x_2`` by different
     digits (``x_1' ≠ x_1``, ``x_2' ≠ x_2``) whose sum differs too, so each operand alone,
-    and both together, change the answer. ``source_positions`` = ``[1, 2]``. Training
-    labels: the last position only.
+    and both together, change the answer. Every attention pattern in the circuit is positional,
+    so no token change reaches a query or key; ``corruptions["key"]`` therefore changes only
+    ``x_1`` (to ``corrupted``'s ``x_1'``), the operand that reaches ``MLP0`` through the
+    previous-token head, isolating that path from ``x_2``'s direct one (and the answer changes).
+    ``source_positions`` = ``[1, 2]``. Training labels: the last position only.
     """
 
     name = "planted_mlp"
+    corruption_notes = {
+        "value": "both operands x_1 and x_2 replaced (the sum changes); reaches the previous-token head (x_1 -> "
+        "PREV at position 2), MLP0 (both operands) and the mover",
+        "key": "only x_1 replaced (by the value corruption's x_1'); every attention pattern here is positional, "
+        "so no token change reaches a query/key: this isolates the previous-token head's path instead "
+        "(L0H2 -> MLP0 -> L1H0); x_2 and its direct path into MLP0 are unchanged",
+    }
 
     def __init__(self, n_digits: int = N_DIGITS, n_pos: int = N_CTX) -> None:
         if n_digits < 3:
@@ -133,6 +143,8 @@ class PlantedMLPTask(Task):
         corrupted[:, SOURCES[0]] = (a - 1 + s) % K + 1
         corrupted[:, SOURCES[1]] = (b - 1 + t) % K + 1
         answers = lookup(a, b, K)
+        key = tokens.clone()
+        key[:, SOURCES[0]] = corrupted[:, SOURCES[0]]
         labels = torch.full((n, P), IGNORE)
         labels[:, -1] = answers
         batch = TaskBatch(
@@ -140,6 +152,7 @@ class PlantedMLPTask(Task):
             corrupted_answers=lookup(corrupted[:, SOURCES[0]], corrupted[:, SOURCES[1]], K),
             target=targets.logit(answers, pos=-1),
             source_positions=torch.tensor(SOURCES).expand(n, 2).clone(),
+            **self.corruption_fields(key, {"value": torch.tensor(SOURCES).expand(n, 2), "key": torch.full((n,), SOURCES[0])}),
         )
         return batch, labels
 

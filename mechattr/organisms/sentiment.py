@@ -7,7 +7,12 @@ precedes it and flips the label. With probability 1/2 a stray negator sits elsew
 directly before the polarity word, and does not count. All other words are neutral filler.
 Label: ``pos`` iff (positive word) XOR (negated). ``source_positions`` = ``[polarity word
 position, its negator's position or -1]``. ``corrupted`` replaces the polarity word with one of
-the opposite polarity, flipping the answer. ``info``: ``polarity``, ``negator`` (-1 if none),
+the opposite polarity, flipping the answer. ``corruptions["key"]`` leaves the polarity word and
+toggles the word right before it, the position the negation-detecting attention reads from the
+polarity word: a negator becomes a filler word, a filler word becomes a negator (fixed choices by
+row index, no extra random draws); this flips the answer too. Rows whose polarity word is at
+position 1 (only BOS before it) cannot be toggled and are left unchanged (their
+``corruption_positions["key"]`` is -1). ``info``: ``polarity``, ``negator`` (-1 if none),
 ``stray`` (-1 if none).
 """
 
@@ -32,6 +37,14 @@ class SentimentTask(Task):
     """Negation-aware sentiment; see the module docstring."""
 
     name = "sentiment"
+    corruption_notes = {
+        "value": "the polarity word replaced by one of the opposite polarity (answer flips); reaches what reads "
+        "the polarity word's identity (value path: the heads reading it from the final position, MLP0)",
+        "key": "the word right before the polarity word toggled (negator <-> filler; answer flips), the polarity "
+        "word kept: changes what the negation-detecting heads find when they attend from the polarity word to "
+        "the previous position (key/query and value of that read; here L0H0 and L0H2); rows with the polarity "
+        "word at position 1 are unchanged",
+    }
 
     def __init__(self, n_words: int = 10) -> None:
         if n_words < 3:
@@ -74,6 +87,11 @@ class SentimentTask(Task):
         answers = torch.where(is_pos, self.pos_id, self.neg_id)
         corrupted = tokens.clone()
         corrupted[rows, p] = torch.where(positive, pick(self.negative), pick(self.positive))
+        key, key_pos = tokens.clone(), torch.where(p >= 2, p - 1, -1)
+        swap = self.negators[rows % len(self.negators)]
+        swap = torch.where(negated, self.filler[rows % len(self.filler)], swap)
+        can = key_pos >= 0
+        key[rows[can], key_pos[can]] = swap[can]
         labels = torch.full_like(tokens, IGNORE)
         labels[:, -1] = answers
         batch = TaskBatch(
@@ -81,5 +99,6 @@ class SentimentTask(Task):
             corrupted_answers=torch.where(is_pos, self.neg_id, self.pos_id),
             target=targets.logit(answers, pos=-1), source_positions=torch.stack([p, neg_pos], 1),
             info={"polarity": p, "negator": neg_pos, "stray": stray},
+            **self.corruption_fields(key, {"value": p, "key": key_pos}),
         )
         return batch, labels

@@ -32,6 +32,14 @@ class TaskBatch:
     positions that carry the answer (``-1`` pads rows with fewer); ``attention_mask`` is
     ``None`` (all organisms' batches are unpadded); ``info`` holds named per-row ``[n]``
     positions of the task's parts (e.g. IOI's ``io``, ``s1``, ``s2``).
+
+    ``corruptions`` maps a name to a corrupted ``[n, pos]`` batch: ``"value"`` is
+    ``corrupted`` (it changes what the circuit copies or reads: the value path) and ``"key"``
+    changes what the circuit's attention looks for or finds (the key/query path), so that
+    attribution patching can see heads that act through attention patterns, e.g. previous-token
+    heads (Nanda 2023; Kramár et al. 2024 on AtP's blind spots). ``corruption_notes`` says what
+    each corruption changes and which components it reaches; ``corruption_positions`` ``[n, k]``
+    the positions each one changes (``-1`` pads rows with fewer; a row with none is unchanged).
     """
 
     tokens: Int[Tensor, "n pos"]
@@ -42,6 +50,12 @@ class TaskBatch:
     source_positions: Int[Tensor, "n k"]
     attention_mask: Tensor | None = None
     info: dict[str, Tensor] = field(default_factory=dict)
+    corruptions: dict[str, Tensor] = field(default_factory=dict)
+    corruption_notes: dict[str, str] = field(default_factory=dict)
+    corruption_positions: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.corruptions = {"value": self.corrupted, **{k: v for k, v in self.corruptions.items() if k != "value"}}
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -50,7 +64,9 @@ class TaskBatch:
         """The same batch with its tensors on ``device``."""
         mv = {k: getattr(self, k).to(device) for k in ("tokens", "answers", "corrupted", "corrupted_answers", "source_positions")}
         info = {k: v.to(device) for k, v in self.info.items()}
-        return replace(self, **mv, info=info, target=targets.logit(mv["answers"], pos=-1))
+        corr = {k: v.to(device) for k, v in self.corruptions.items() if k != "value"}
+        where = {k: v.to(device) for k, v in self.corruption_positions.items()}
+        return replace(self, **mv, info=info, corruptions=corr, corruption_positions=where, target=targets.logit(mv["answers"], pos=-1))
 
 
 def check_sample_args(n: Any, seed: Any) -> None:
@@ -67,6 +83,7 @@ class Task:
     name = "task"
     vocab: list[str] = [BOS]
     n_pos = 0
+    corruption_notes: dict[str, str] = {}
 
     def generate(self, n: int, g: torch.Generator) -> tuple[TaskBatch, Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -88,6 +105,12 @@ class Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab={len(self.vocab)}, n_pos={self.n_pos})"
 
+    def corruption_fields(self, key: Tensor, positions: dict[str, Tensor]) -> dict[str, Any]:
+        """``TaskBatch`` keyword arguments for the corruptions: ``key`` ``[n, pos]`` and the
+        changed positions of each corruption (``[n]`` or ``[n, k]``, ``-1`` = none)."""
+        where = {k: (v[:, None] if v.ndim == 1 else v).long() for k, v in positions.items()}
+        return {"corruptions": {"key": key}, "corruption_notes": dict(self.corruption_notes), "corruption_positions": where}
+
 
 class InductionTask(Task):
     """Repeated random tokens; predict the token that followed the last token's earlier occurrence.
@@ -98,11 +121,24 @@ class InductionTask(Task):
     vary, only induction (find the earlier occurrence of the current token, copy what
     followed) solves it. ``source_positions`` = ``[a+m, a+m-1]`` (the answer's earlier
     position and the earlier occurrence of the last token). ``corrupted`` replaces
-    ``x_{a+m}`` by a token unused in the row, which becomes the corrupted answer. Training
-    labels: every position of the second occurrence, whose next token is determined.
+    ``x_{a+m}`` by a token unused in the row, which becomes the corrupted answer.
+    ``corruptions["key"]`` instead replaces ``x_{a+m-1}`` at its earlier position ``a+m-1``
+    (the token the induction head's key at ``a+m`` carries, written there by a previous-token
+    head) by the same unused token: the answer ``x_{a+m}`` stays in the row but no key matches
+    the query any more (Olsson et al. 2022). Training labels: every position of the second
+    occurrence, whose next token is determined.
     """
 
     name = "induction"
+    corruption_notes = {
+        "value": "the answer's earlier copy x_{a+m} (the token the induction head copies: its value/OV path) "
+        "replaced by a token unused in the row, which becomes the answer; reaches the induction heads' values "
+        "(previous-token heads only at position a+m+1, which no query matches)",
+        "key": "the earlier occurrence x_{a+m-1} of the current token (what the previous-token head writes into "
+        "the key at a+m, which the induction head's query matches: its key/query path) replaced by a token "
+        "unused in the row; the answer token stays at a+m but nothing points to it. Reaches the previous-token "
+        "heads (their output at a+m) and, through their keys, the induction heads' attention",
+    }
 
     def __init__(self, d_vocab: int = 64, n_pos: int = 24, max_repeat: int = 8) -> None:
         if n_pos + 1 > d_vocab:
@@ -128,11 +164,14 @@ class InductionTask(Task):
         fresh = perm[:, P - 1]
         corrupted = tokens.clone()
         corrupted[rows, ans_pos] = fresh
+        key = tokens.clone()
+        key[rows, ans_pos - 1] = fresh
         labels = torch.where(pos >= start2, base.gather(1, (src + 1).clamp(max=P - 1)), IGNORE)
         labels[:, -1] = answers
         batch = TaskBatch(
             tokens=tokens, answers=answers, corrupted=corrupted, corrupted_answers=fresh,
             target=targets.logit(answers, pos=-1),
             source_positions=torch.stack([ans_pos, ans_pos - 1], 1),
+            **self.corruption_fields(key, {"value": ans_pos, "key": ans_pos - 1}),
         )
         return batch, labels

@@ -42,6 +42,7 @@ _LIGHT = {
 _LAZY = {
     "attribute_tokens": "mechattr.attribution.tokens",
     "attribute_generation": "mechattr.attribution.tokens",
+    "attribute_interactions": "mechattr.attribution.interactions",
     "TokenAttribution": "mechattr.attribution.result",
     "attribute_heads": "mechattr.attribution.components",
     "attribute_resid": "mechattr.attribution.components",

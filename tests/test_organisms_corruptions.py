@@ -197,3 +197,15 @@ def test_atp_stays_blind_to_the_planted_previous_token_head_through_its_saturate
     for c in b.corruptions.values():
         s = mechattr.attribute_heads(m, b.tokens, b.target, corrupted=c)
         assert abs(float(s[prev.layer, prev.head])) < 1e-6 * abs(float(s[ind.layer, ind.head]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cards_document_both_corruptions_as_the_task_describes_them(name):
+    card, task = organisms.card(name), organisms.task(name)
+    assert set(card.corruptions) == {"value", "key"}
+    for k, c in card.corruptions.items():
+        assert c["changes"] == task.corruption_notes[k]
+        assert f"| `{k}` | {c['changes']}" in card.to_markdown()
+    if name == "planted_induction":  # the measured reach matches the mechanism
+        (prev,) = card.circuit["previous_token"]
+        assert prev in card.corruptions["key"]["reaches"] and prev not in card.corruptions["value"]["reaches"]

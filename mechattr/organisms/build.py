@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mechattr.organisms import circuits, edges
 from mechattr.organisms.card import Card
+from mechattr.organisms.corruptions import corruption_evidence
 from mechattr.organisms.loading import save_weights, weights_dir
 from mechattr.organisms.planted import build_planted
 from mechattr.organisms.planted_backup import backup_circuit, build_planted_backup
@@ -51,7 +52,12 @@ NOTES = {
     "polarity word from the final position (L1H0 ~0.64) but are redundant one by one.",
     "planted_induction": "Weights written by mechattr.organisms.planted.build_planted; the shipped "
     "safetensors equal the construction exactly. Residual layout: TOK [0, 64), POS [64, 88), "
-    "PREV [88, 152), OUT [152, 216). Heads other than the two named are exactly zero.",
+    "PREV [88, 152), OUT [152, 216). Heads other than the two named are exactly zero. Under the key corruption "
+    "patching L0H1 alone moves the answer logit by -G(1 - 1/24) = -9.583 exactly (the induction head loses its match "
+    "and attends uniformly), but attribution patching (AtP) scores L0H1 ~1e-14: both softmaxes are saturated "
+    "(attention 1 - 5e-8 on the match), so the gradient through the induction head's key vanishes. Use patching, not "
+    "AtP, to see this previous-token head; on the trained induction organism AtP does see L0H1/L0H3 under the key "
+    "corruption.",
     "planted_mlp": "Weights written by mechattr.organisms.planted_mlp.build_planted_mlp; the shipped "
     "safetensors equal the construction exactly. Residual layout: TOK [0, 11), POS [11, 19), PREV [19, 30), "
     "MID [30, 41), OUT [41, 52). L0H2 copies the previous token into PREV; MLP0 has one unit per digit pair "
@@ -62,7 +68,9 @@ NOTES = {
     "FLAG [40]. Primary L0H3 attends to position 1, copies its token into OUT and sets FLAG; backup L1H1's "
     "query scores position 1 by 20·(1 - 2·FLAG) and BOS by 20·FLAG, so it copies the token only when the "
     "flag is missing (zero-ablating L0H3 alone keeps accuracy 1.0; zero-ablating both: 0). Other heads and "
-    "all biases are exactly zero.",
+    "all biases are exactly zero. The key corruption (x_1 -> BOS) reaches no head alone: patching the primary's "
+    "corrupted output removes its flag, and the backup then copies the clean x_1 itself (compensation); the backup's "
+    "corrupted output is 0 as on the clean run. Only both together lose the answer.",
 }
 
 
@@ -98,6 +106,7 @@ def make_card(name: str, model: HookedTransformer, training: dict) -> Card:
         accuracy=round(acc, 4), circuit=circuit, notes=" ".join(n for n in (NOTES.get(name, ""), edges.NOTES.get(name, "")) if n),
         accuracy_eval={"n": ACC_N, "seed": ACC_SEED, "metric": "top-1 answer at the last position"},
         evidence={**evidence, **edges.card_evidence(name)},
+        corruptions=corruption_evidence(model, task, circuits.EVAL_N, circuits.EVAL_SEED),
     )
     return card
 

@@ -20,7 +20,10 @@ class Card:
     were made with; ``training`` the recipe (seed, steps, batch size, lr, final loss);
     ``accuracy`` the top-1 accuracy of the answer at the last position on fresh samples
     (``accuracy_eval`` says which); ``circuit`` maps a role to component strings
-    (``"L1H2"``, ``"MLP0"``); ``evidence`` holds the measurements behind the circuit.
+    (``"L1H2"``, ``"MLP0"``); ``evidence`` holds the measurements behind the circuit;
+    ``corruptions`` maps each of the task's corruptions (``"value"``, ``"key"``) to what it
+    changes, the mean answer logit clean and corrupted, and the components it reaches
+    (:mod:`mechattr.organisms.corruptions`).
     """
 
     name: str
@@ -32,6 +35,7 @@ class Card:
     notes: str = ""
     accuracy_eval: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
+    corruptions: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +73,15 @@ class Card:
         lines += ["", "| role | components |", "|---|---|"]
         for role, comps in self.circuit.items():
             lines.append(f"| {role} | {', '.join(comps)} |")
+        if self.corruptions:
+            lines += ["", "Corruptions (`batch.corruptions`; *reaches*: components whose corrupted activation, patched "
+                      "alone into the clean run, moves the mean answer logit by at least 10 % of clean − corrupted):", "",
+                      "| corruption | what it changes | answer logit clean → corrupted | reaches (patching effect) |",
+                      "|---|---|---|---|"]
+            for name, c in self.corruptions.items():
+                reach = ", ".join(f"{k} ({v:+.2f})" for k, v in c.get("reaches", {}).items()) or "none alone"
+                lines.append(f"| `{name}` | {c.get('changes', '')} | {c.get('answer_logit_clean')} → "
+                             f"{c.get('answer_logit_corrupted')} | {reach} |")
         if self.evidence:
             lines += ["", "Evidence:", ""]
             for k, v in self.evidence.items():

@@ -54,8 +54,8 @@ class IOITask(Task):
         "every head that reads the names' identities (value path) and the subject detection at S2",
         "key": "S1 replaced by a third name not in the sentence, so S2 matches no earlier name (the duplicate "
         "the subject-detecting heads look for: their key/query path); IO stays in place, but the subject can "
-        "no longer be told from the IO, so the IO logit should drop. Reaches the heads attending to S1/S2 "
-        "(here L0H0, which attends to the subject tokens) and what reads their output",
+        "no longer be told from the IO, so the IO logit should drop. Reaches the layer-0 heads that read the names "
+        "and MLP0 (the card lists the measured effects)",
     }
 
     def __init__(self) -> None:

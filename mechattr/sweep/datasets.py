@@ -20,6 +20,7 @@ import csv
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +242,12 @@ class RowChecker:
                 return [(f"word(s) not in the model's vocabulary: {', '.join(map(repr, unknown[:5]))}", None)]
             raise
         out: list[tuple[str | None, Any]] = []
+        maybe_unknown = bool(self.unk) and not self.unk.isdisjoint(chain.from_iterable(ids))  # one pass over the chunk
         for e, k in zip(examples, where):
             p = ids[k]
             a = ids[k + 1] if e.answer is not None else None
             c = ids[k + 1 + (e.answer is not None)] if e.corrupted is not None else None
-            if self.unk and not (self.unk.isdisjoint(p) and self.unk.isdisjoint(a or ()) and self.unk.isdisjoint(c or ())):
+            if maybe_unknown and not (self.unk.isdisjoint(p) and self.unk.isdisjoint(a or ()) and self.unk.isdisjoint(c or ())):
                 unknown = unknown_words(self.tok, [t for t in (e.prompt, e.answer, e.corrupted) if t is not None])
                 if unknown:
                     out.append((f"word(s) not in the model's vocabulary: {', '.join(map(repr, unknown[:5]))}", None))
@@ -290,8 +292,11 @@ def iter_examples(
                 yield x
             else:
                 w, ids = next(why)
-                yield (x if ids is None else Example(x.id, x.prompt, x.answer, x.corrupted, x.line, ids)) if w is None \
-                    else Malformed(x.line, x.id, w)
+                if w is None:
+                    object.__setattr__(x, "ids", ids)  # the checker's ids (not compared, not shown): no second Example
+                    yield x
+                else:
+                    yield Malformed(x.line, x.id, w)
         pending.clear()
 
     n_ex = 0
@@ -299,9 +304,10 @@ def iter_examples(
         if rec is None:
             pending.append(Malformed(line, None, err or "unreadable row"))
             continue
-        rid = _text(rec, "id")
-        rid = str(line) if rid is None else rid
-        prompt = _text(rec, prompt_key)
+        rid = rec.get("id")
+        rid = str(line) if rid is None else rid if isinstance(rid, str) else str(rid)
+        prompt = rec.get(prompt_key)
+        prompt = prompt if prompt is None or isinstance(prompt, str) else str(prompt)
         if prompt is None or not prompt.strip():
             pending.append(Malformed(line, rid, f"missing {prompt_key!r}"))
             continue

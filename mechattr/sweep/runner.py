@@ -12,9 +12,11 @@ actors write the shards themselves (on a multi-node cluster ``out`` must be a sh
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import torch
 
 from mechattr.sweep import analyses as _analyses
 from mechattr.sweep import shards as _shards
+from mechattr.sweep import writer as _writer
 from mechattr.sweep.datasets import (
     ON_ERROR,
     Example,
@@ -63,8 +66,9 @@ class SweepResult:
         return ds.dataset(_shards.shard_dir(self.out), format="parquet").to_table(columns=columns).to_pandas()
 
 
-def _check_args(analysis: str, engine: str, on_error: str, batch_size: Any, options: Any) -> None:
+def _check_args(analysis: str, engine: str, on_error: str, batch_size: Any, options: Any, batches_per_shard: Any) -> None:
     _analyses.get(analysis)
+    _writer._check_group(batches_per_shard)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     if on_error not in ON_ERROR:
@@ -168,13 +172,17 @@ def prepare(model: Any, examples: list[Example], tokenize: BatchTokenizer | None
 
 def process(model: Any, analysis: str, options: dict[str, Any], out: str | Path, index: int, examples: list[Example],
             settings: dict[str, Any], max_row_values: int = _shards.MAX_ROW_VALUES,
-            tokenize: BatchTokenizer | None = None) -> tuple[int, float]:
-    """Run ``analysis`` on one batch and write it as shard ``index``; return ``(n_examples, seconds)``."""
+            tokenize: BatchTokenizer | None = None, writer: _writer.ShardWriter | None = None) -> tuple[int, float]:
+    """Run ``analysis`` on batch ``index`` and write it (as shard ``index``, or through ``writer``,
+    which groups batches and writes on its own thread); return ``(n_examples, seconds)``."""
     t0 = time.perf_counter()
     batch = prepare(model, examples, tokenize)
     rows = _analyses.get(analysis)(model, batch, **options)
     dt = time.perf_counter() - t0
-    _shards.write_shard(out, index, batch, rows, analysis=analysis, settings=settings, seconds=dt, max_row_values=max_row_values)
+    if writer is None:
+        _shards.write_shard(out, index, batch, rows, analysis=analysis, settings=settings, seconds=dt, max_row_values=max_row_values)
+    else:
+        writer.add(index, batch, rows, dt)
     return len(examples), dt
 
 
@@ -216,6 +224,7 @@ def sweep(
     overwrite: bool = False,
     progress: bool = True,
     max_row_values: int = _shards.MAX_ROW_VALUES,
+    batches_per_shard: int | None = None,
 ) -> SweepResult:
     """Run ``analysis`` (a :mod:`mechattr.sweep.analyses` name) over ``dataset`` into Parquet shards in ``out``.
 
@@ -225,14 +234,17 @@ def sweep(
     arguments resumes (finished ids skipped, partial shards discarded); other arguments in a
     used ``out`` are a ``ValueError`` unless ``overwrite=True``. ``on_error``: ``"skip"``
     (malformed rows are left out and listed in ``malformed.jsonl``) or ``"raise"`` (refuse
-    the dataset before running anything). Memory: one batch of examples and results at a
-    time per worker, plus the set of ids (seen, finished).
+    the dataset before running anything). ``batches_per_shard``: batches per Parquet shard
+    (``None``: one for per-example rows, 16 for per-batch rows). The dataset is read and
+    checked on a background thread (two batches ahead) and shards are written on another (one
+    shard queued), so both overlap the analysis. Memory: a few batches of examples and results
+    per worker, plus the set of ids (seen, finished).
     """
     from mechattr.io import versions
     from mechattr.model import load_model
 
     options = dict(options or {})
-    _check_args(analysis, engine, on_error, batch_size, options)
+    _check_args(analysis, engine, on_error, batch_size, options, batches_per_shard)
     spec = str(model) if isinstance(model, (str, Path)) else None
     if engine == "ray" and spec is None:
         raise ValueError("engine='ray' needs a model spec (a name or path load_model takes): each worker loads its own replica")
@@ -250,7 +262,10 @@ def sweep(
         _shards.check_resume(old, manifest)
     t0 = time.perf_counter()
     local_model = load_model(spec, device=device) if spec is not None else model
-    checker = RowChecker(local_model.tokenizer, local_model.cfg.n_ctx, bool(getattr(local_model.cfg, "default_prepend_bos", True)))
+    # the reader thread checks rows with its own tokenizer copy: a Rust tokenizer used from two threads at once can
+    # fail ("Already borrowed"); without a copy the rows are read and checked in this thread
+    own = _copy(local_model.tokenizer)
+    checker = RowChecker(own or local_model.tokenizer, local_model.cfg.n_ctx, bool(getattr(local_model.cfg, "default_prepend_bos", True)))
     if on_error == "raise":  # refuse before anything runs: a checking pass of its own
         bad = [ex for ex in iter_examples(dataset, checker=checker, fmt=fmt) if isinstance(ex, Malformed)]
         if bad:
@@ -263,15 +278,24 @@ def sweep(
     settings = {"analysis": analysis, "options": options, "batch_size": batch_size}
     bar = _bar(count_rows(dataset, fmt) - len(done), progress, analysis)
     malformed: list[Malformed] = []
-    tasks = _plan(dataset, fmt, checker, done, batch_size, start, malformed, bar)
     run = _run_local if engine == "local" else _run_ray
     try:
-        n_run = run(local_model if engine == "local" else spec, tasks, bar, analysis=analysis, options=options, out=out,
-                    settings=settings, max_row_values=max_row_values, num_workers=num_workers, ray_address=ray_address, device=device)
+        plan = _plan(dataset, fmt, checker, done, batch_size, start, malformed, bar)
+        with closing(_writer.prefetch(plan) if own is not None else plan) as tasks:
+            n_run = run(local_model if engine == "local" else spec, tasks, bar, analysis=analysis, options=options, out=out,
+                        settings=settings, max_row_values=max_row_values, num_workers=num_workers, ray_address=ray_address,
+                        device=device, batches_per_shard=batches_per_shard)
     finally:
         bar.close()
     (out / "malformed.jsonl").write_text(malformed_to_json(malformed))
     return SweepResult(out, n_run, len(done), malformed, time.perf_counter() - t0, discarded)
+
+
+def _copy(tokenizer: Any) -> Any:
+    try:
+        return copy.deepcopy(tokenizer)
+    except Exception:  # noqa: BLE001  (a tokenizer that cannot be copied: read in the main thread)
+        return None
 
 
 def _bar(total: int, enabled: bool, desc: str) -> Any:
@@ -281,20 +305,23 @@ def _bar(total: int, enabled: bool, desc: str) -> Any:
 
 
 def _run_local(model: Any, tasks: Iterator[tuple[int, list[Example]]], bar: Any, *, analysis: str, options: dict[str, Any],
-               out: Path, settings: dict[str, Any], max_row_values: int, **_: Any) -> int:
+               out: Path, settings: dict[str, Any], max_row_values: int, batches_per_shard: int | None, **_: Any) -> int:
     n_run, tokenize = 0, BatchTokenizer(model)
-    for index, examples in tasks:
-        n, _dt = process(model, analysis, options, out, index, examples, settings, max_row_values, tokenize)
-        n_run += n
-        bar.update(n)
+    with _writer.ShardWriter(out, analysis=analysis, settings=settings, max_row_values=max_row_values,
+                             batches_per_shard=batches_per_shard) as writer:
+        for index, examples in tasks:
+            n, _dt = process(model, analysis, options, out, index, examples, settings, max_row_values, tokenize, writer)
+            n_run += n
+            bar.update(n)
     return n_run
 
 
 class SweepWorker:
-    """A Ray actor: loads its own model replica from the spec and processes batches into shards."""
+    """A Ray actor: loads its own model replica from the spec and processes batches into shards
+    (written on the actor's writer thread; :meth:`close` writes what it still groups)."""
 
     def __init__(self, spec: str, device: str | None, threads: int, analysis: str, options: dict[str, Any], out: str,
-                 settings: dict[str, Any], max_row_values: int) -> None:
+                 settings: dict[str, Any], max_row_values: int, batches_per_shard: int | None = None) -> None:
         from mechattr.model import load_model
 
         if threads:
@@ -303,14 +330,21 @@ class SweepWorker:
         self.tokenize = BatchTokenizer(self.model)
         self.args = (analysis, options, out)
         self.settings, self.max_row_values = settings, max_row_values
+        self.writer = _writer.ShardWriter(out, analysis=analysis, settings=settings, max_row_values=max_row_values,
+                                          batches_per_shard=batches_per_shard)
 
     def run(self, index: int, examples: list[Example]) -> tuple[int, float]:
         analysis, options, out = self.args
-        return process(self.model, analysis, options, out, index, examples, self.settings, self.max_row_values, self.tokenize)
+        return process(self.model, analysis, options, out, index, examples, self.settings, self.max_row_values, self.tokenize,
+                       self.writer)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _run_ray(spec: str, tasks: Iterator[tuple[int, list[Example]]], bar: Any, *, analysis: str, options: dict[str, Any], out: Path,
-             settings: dict[str, Any], max_row_values: int, num_workers: int, ray_address: str | None, device: str | None) -> int:
+             settings: dict[str, Any], max_row_values: int, num_workers: int, ray_address: str | None, device: str | None,
+             batches_per_shard: int | None) -> int:
     try:
         import ray
     except ModuleNotFoundError:
@@ -324,8 +358,8 @@ def _run_ray(spec: str, tasks: Iterator[tuple[int, list[Example]]], bar: Any, *,
         gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 and device in (None, "cuda") else 0
         Actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus)(SweepWorker)
         dev = device or ("cuda" if gpus else "cpu")
-        actors = [Actor.remote(spec, dev, 0 if gpus else 1, analysis, options, str(out.resolve()), settings, max_row_values)
-                  for _ in range(num_workers)]
+        actors = [Actor.remote(spec, dev, 0 if gpus else 1, analysis, options, str(out.resolve()), settings, max_row_values,
+                               batches_per_shard) for _ in range(num_workers)]
         n_run, inflight = 0, {}
         idle = [a for a in actors for _ in range(2)]  # two batches queued per actor
         for index, examples in tasks:
@@ -335,6 +369,7 @@ def _run_ray(spec: str, tasks: Iterator[tuple[int, list[Example]]], bar: Any, *,
             inflight[actor.run.remote(index, examples)] = actor
         while inflight:
             n_run += _collect(ray, inflight, idle, bar)
+        ray.get([a.close.remote() for a in actors])  # the shards still grouped; raises an actor's write error
         return n_run
     finally:
         if started:

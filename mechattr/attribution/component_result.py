@@ -30,6 +30,17 @@ class ComponentAttribution:
     meta: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, Tensor] | None = None
 
+    def __repr__(self) -> str:
+        from mechattr import reprs
+
+        return reprs.text(*reprs.component_attribution(self))
+
+    def _repr_html_(self) -> str:
+        """A small escaped HTML table (shapes, top items, settings names) for notebooks."""
+        from mechattr import reprs
+
+        return reprs.html(*reprs.component_attribution(self))
+
     def row_names(self) -> list[str]:
         n = self.scores.shape[0]
         if self.kind == "resid":

@@ -41,6 +41,17 @@ class GenerationAttribution:
     convergence_delta: Tensor | None = None
     versions: dict[str, str] = field(default_factory=versions)
 
+    def __repr__(self) -> str:
+        from mechattr import reprs
+
+        return reprs.text(*reprs.generation_attribution(self))
+
+    def _repr_html_(self) -> str:
+        """A small escaped HTML table (shapes, top items, settings names) for notebooks."""
+        from mechattr import reprs
+
+        return reprs.html(*reprs.generation_attribution(self))
+
     def to_frame(self):
         """Long pandas frame: ``step, generated, position, context_token, score``."""
         import pandas as pd

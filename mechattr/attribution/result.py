@@ -110,6 +110,17 @@ class TokenAttribution:
         kw["extras"] = {k: cpu(v) for k, v in (kw.get("extras") or {}).items()}
         return cls(**kw)
 
+    def __repr__(self) -> str:
+        from mechattr import reprs
+
+        return reprs.text(*reprs.token_attribution(self))
+
+    def _repr_html_(self) -> str:
+        """A small escaped HTML table (shapes, top items, settings names) for notebooks."""
+        from mechattr import reprs
+
+        return reprs.html(*reprs.token_attribution(self))
+
     # ------------------------------------------------------------------ views
     def aggregate(self, spans: Tensor, windows: Tensor | None = None) -> TokenAttribution:
         """One score per span ``spans [n, batch, pos]``: sum of token scores (root of the sum of

@@ -72,8 +72,15 @@ class EdgeScores:
         return len(self.edges)
 
     def __repr__(self) -> str:
-        top = ", ".join(f"{e}: {s:+.3g}" for e, s in self.top(3))
-        return f"EdgeScores({self.method}, {len(self.edges)} edges; top: {top})"
+        from mechattr import reprs
+
+        return reprs.text(*reprs.edge_scores(self))
+
+    def _repr_html_(self) -> str:
+        """A small escaped HTML table (shapes, top items, settings names) for notebooks."""
+        from mechattr import reprs
+
+        return reprs.html(*reprs.edge_scores(self))
 
     def as_dict(self) -> dict[Edge, float]:
         return {e: float(s) for e, s in zip(self.edges, self.scores.tolist())}

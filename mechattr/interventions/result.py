@@ -32,6 +32,17 @@ class InterventionResult:
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        from mechattr import reprs
+
+        return reprs.text(*reprs.intervention_result(self))
+
+    def _repr_html_(self) -> str:
+        """A small escaped HTML table (shapes, top items, settings names) for notebooks."""
+        from mechattr import reprs
+
+        return reprs.html(*reprs.intervention_result(self))
+
     def to_frame(self) -> Any:
         """A pandas DataFrame with one row per score (component, position, score)."""
         import pandas as pd

@@ -26,13 +26,15 @@ DEMO = {
 
 
 def check(rep: Any) -> list[tuple[str, bool, str]]:
-    """``(what, ok, numbers)`` for the demo's expected verdicts."""
+    """``(what, ok, numbers)`` for the demo's expected verdicts: every documented group
+    ``confirmed``; the wrong claim anything but ``confirmed`` or ``redundant`` (it should be
+    ``refuted``; ``inconclusive`` passes the check but is printed)."""
     out = []
     for c in rep.claims:
         if c.id.endswith("(card)"):
             out.append((f"documented {c.id} confirmed", c.verdict == "confirmed", c.verdict))
         if c.id.startswith("heads:wrong"):
-            out.append((f"{c.id} not confirmed", c.verdict != "confirmed", c.verdict))
+            out.append((f"{c.id} not confirmed", c.verdict_kind not in ("confirmed", "redundant"), c.verdict))
     primary = rep.settings["methods"][0]
     tok = rep.claim(f"tokens:{primary}")
     out.append((f"copied-token attribution ({primary}) confirmed", tok.verdict == "confirmed", tok.verdict))

@@ -14,13 +14,13 @@ from mechattr.report.cli import run_report, wrong_head
 @pytest.mark.parametrize("name", ["induction", "planted_induction"])
 def test_demo_confirms_documented_heads_and_copied_tokens_not_a_wrong_head(name, tmp_path):
     rep = run_report(model=f"organism:{name}", task=name, out=tmp_path, card=True, wrong=True, n=12, seed=0,
-                     methods="input_x_gradient,attention", quiet=True, n_draws=20, curve_steps=4, curve_draws=1,
+                     methods="input_x_gradient,attention", quiet=True, n_draws=100, curve_steps=4, curve_draws=1, profile="fast",
                      sanity_methods=(), device="cpu")
     results = check(rep)
     assert len(results) == 5
     assert all(ok for _, ok, _ in results), results
     wrong = [c for c in rep.claims if c.id.startswith("heads:wrong")]
-    assert len(wrong) == 1 and wrong[0].verdict == "not confirmed"
+    assert len(wrong) == 1 and wrong[0].verdict == "refuted", wrong[0].reason
     circuit = {str(h) for hs in organisms.circuit(name).values() for h in hs}
     assert wrong[0].subject["heads"][0] not in circuit
     assert (tmp_path / "report.html").exists() and (tmp_path / "report.json").exists()

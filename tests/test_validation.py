@@ -32,7 +32,7 @@ def test_compare_uses_95th_percentile_of_controls():
     assert compare("t", 1.0, []) is None
 
 
-def test_claim_verdict_is_majority_of_tests():
+def test_claim_without_a_decided_outcome_falls_back_to_the_majority_of_tests():
     c = Claim("x", "head", {})
     assert c.verdict == "untested"
     c.add(compare("a", 10.0, [0.0, 1.0]))
@@ -40,7 +40,26 @@ def test_claim_verdict_is_majority_of_tests():
     assert c.verdict == "not confirmed"  # 1 of 2 is not more than half
     c.add(compare("c", 10.0, [0.0, 1.0]))
     assert c.verdict == "confirmed"
+    c.outcome = "refuted"
+    assert c.verdict == "refuted"
     assert Claim.from_dict(c.to_dict()).to_dict() == c.to_dict()
+
+
+@pytest.mark.parametrize("effect, lo, hi, p_adj, n, want", [
+    (5.0, 4.0, 6.0, 0.01, 16, "confirmed"),
+    (5.0, 4.0, 6.0, 0.2, 16, "inconclusive"),  # not beyond the null
+    (1.5, 0.5, 2.5, 0.01, 16, "inconclusive"),  # interval reaches below the minimum effect 1
+    (0.2, -0.4, 0.8, 0.01, 16, "refuted"),  # |effect| interval [0, 0.8] entirely below 1
+    (-0.2, -0.8, 0.4, 0.9, 16, "refuted"),
+    (5.0, 4.0, 6.0, 0.01, 1, "underpowered"),  # one example: no interval
+])
+def test_decide_needs_the_null_and_the_minimum_effect(effect, lo, hi, p_adj, n, want):
+    from mechattr.validation.verdicts import TestResult, decide
+
+    t = TestResult("t", effect, 0.0, 100, True, ci_low=lo, ci_high=hi, p=p_adj, p_adj=p_adj, null="x", min_effect=1.0)
+    assert decide(t, n)[0] == want
+    t.p = t.p_adj = None
+    assert decide(t, n)[0] == ("refuted" if want == "refuted" else "underpowered")
 
 
 def test_edge_removal_equals_zeroing_that_attention_weight():
@@ -101,10 +120,11 @@ def test_validate_report_contents_determinism_and_round_trip(tmp_path, unchanged
     ids = [x.id for x in a.claims]
     assert "tokens:gxi" in ids and "tokens:first" in ids and "heads:L1H0" in ids
     assert a.claim("heads:L1H0").source in ("user", "auto")
-    assert all(x.verdict in ("confirmed", "not confirmed") for x in a.claims if x.kind != "link")
+    words = ("confirmed", "refuted", "inconclusive", "underpowered", "redundant")
+    assert all(x.verdict_kind in words and x.reason for x in a.claims if x.kind != "link")
     t = a.claim("tokens:gxi").tests
     assert [x.test for x in t][:3] == ["comprehensiveness", "sufficiency", "log_odds"]
-    assert t[0].n_controls == 8
+    assert t[0].n_controls <= 8 and t[0].primary and t[0].p is not None and t[0].p_adj >= t[0].p
     assert a.faithfulness["gxi"]["summary"]["comprehensiveness"]["value"] == pytest.approx(t[0].effect)
     assert a.to_dict() == b.to_dict()  # same seed, same numbers
     assert a.to_dict() != c.to_dict()

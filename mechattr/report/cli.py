@@ -133,7 +133,7 @@ def run_report(
             from mechattr import organisms
 
             tb = organisms.task(task).sample(n, seed).to(next(m.parameters()).device)
-            tokens, tgt, corrupted = tb.tokens, tb.target, tb.corrupted
+            tokens, tgt, corrupted = tb.tokens, tb.target, getattr(tb, "corruptions", None) or tb.corrupted
             source_positions, mask = tb.source_positions, tb.attention_mask
         elif prompts:
             batch, tgt, corrupted = _prompt_inputs(m, prompts, target, corrupt)
@@ -156,6 +156,8 @@ def run_report(
             bar.update(1)
 
         try:
+            if organism is not None and "organism" not in validate_kw and "documented" not in validate_kw:
+                validate_kw["organism"] = organism  # controls never contain the card's components
             rep = validate(m, tokens, tgt, corrupted=corrupted, methods=meths, claims=claims, seed=seed,
                            source_positions=source_positions, attention_mask=mask, model_name=model, progress=progress,
                            **validate_kw)
@@ -168,7 +170,7 @@ def run_report(
 
 def format_summary(rep: Any, width: int = 100) -> list[str]:
     """The verdict table of a :class:`ValidationReport` as lines of at most ``width`` columns:
-    claim (shortened with … past 40 characters), verdict, tests passed, and the numbers
+    claim (shortened with … past 40 characters), verdict, tests passed, and the reason
     wrapped under their column, or on indented lines below the row when that column would be
     narrower than 48)."""
     import textwrap
@@ -235,7 +237,16 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-heads", type=int, default=3, help="heads AtP ranks highest that become claims")
     p.add_argument("--removal", default="zero",
                    help=f"how a token is removed in faithfulness tests, one of: {', '.join(r.value for r in Removal)}")
-    p.add_argument("--n-draws", type=int, default=20, help="random-control draws per test")
+    p.add_argument("--n-draws", type=int, default=None,
+                   help="random rankings for token claims (default: the profile's: fast 100, default 200, thorough 500)")
+    prof = p.add_mutually_exclusive_group()
+    prof.add_argument("--fast", dest="profile", action="store_const", const="fast",
+                      help="fewer controls (100), mean ablation only, no sanity check or attention flow")
+    prof.add_argument("--thorough", dest="profile", action="store_const", const="thorough",
+                      help="more controls (500), zero/mean/resample ablation, finer curves")
+    p.set_defaults(profile="default")
+    p.add_argument("--min-effect", type=float, default=0.05,
+                   help="minimum effect, a fraction of |clean - corrupted| target gap (default 0.05)")
     p.add_argument("--n-steps", type=int, default=None, help="path-method steps (default: each method's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of task sampling, controls and random baselines")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
@@ -254,7 +265,8 @@ def _report(args: argparse.Namespace) -> int:
                      corrupt=args.corrupt, n=args.n, methods=args.methods, claims=parse_claims(args.claim),
                      card=args.card_claims, wrong=args.wrong_claim, seed=args.seed, device=args.device, quiet=args.quiet,
                      top_k=args.top_k, top_heads=args.top_heads, removal=args.removal, n_draws=args.n_draws,
-                     n_steps=args.n_steps, bridge=args.bridge, circuit=args.circuit)
+                     n_steps=args.n_steps, bridge=args.bridge, circuit=args.circuit, profile=args.profile,
+                     min_effect=args.min_effect)
     print_summary(rep, args.out)
     return 0
 

@@ -26,7 +26,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:2em}
 table{border-collapse:collapse;font-size:.85em;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
-.confirmed{background:#d7f5dd;font-weight:600} .not-confirmed{background:#fbdcdc;font-weight:600} .untested{background:#eee}
+.confirmed{background:#d7f5dd;font-weight:600} .not-confirmed,.refuted{background:#fbdcdc;font-weight:600} .untested{background:#eee}
+.redundant{background:#e3ecfb;font-weight:600} .inconclusive,.underpowered{background:#fff3d6;font-weight:600}
 .note{color:#555;font-size:.9em} .warn{color:#a40000} pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:.8em}
 """
 
@@ -51,28 +52,57 @@ def _table(df: Any, float_format: str = "{:.4g}") -> str:
     return df.to_html(escape=True, index=False, na_rep="–", float_format=lambda v: float_format.format(v), border=0)
 
 
+PLAIN = {
+    "confirmed": "the intervention changes the target beyond its null and by at least the minimum effect",
+    "refuted": "the effect is reliably smaller than the minimum effect",
+    "redundant": "matters only together with the other heads of its group (they compensate for it)",
+    "inconclusive": "the numbers do not decide either way (see why)",
+    "underpowered": "too few controls or examples to decide",
+    "untested": "no test ran",
+    "not confirmed": "did not pass its tests",
+}
+
+
 def _claim_note(c: Any) -> str:
     bits = [c.note] if c.note else []
-    if c.subject.get("control_rule"):
-        bits.append(f"controls: {c.subject.get('n_control_sets')} head sets {c.subject['control_rule']}")
     return "".join(f"<br><span class='note'>{_e(b)}</span>" for b in bits)
 
 
-def _verdict_table(report: Any) -> str:
+def _verdict_rows(report: Any) -> str:
     rows = []
     for c in report.claims:
-        cls = c.verdict.replace(" ", "-")
-        nums = "<br>".join(
-            f"{_e(t.test)}: {t.effect:.4g} vs {_e(t.rule)} = {t.threshold:.4g} ({'✓' if t.confirmed else '✗'}, n={t.n_controls})"
-            for t in c.tests
-        )
+        kind = c.verdict_kind
+        t = c.primary
+        num = "–"
+        if t is not None:
+            ci = "" if t.ci_low is None else f" [{t.ci_low:.3g}, {t.ci_high:.3g}]"
+            num = f"{t.effect:.3g}{ci}"
+        nul = "–" if t is None or not t.null else f"{_e(t.null)} (n={t.n_controls})"
+        p = "–" if t is None or t.p is None else f"{t.p:.3g}" + ("" if t.p_adj is None else f" / {t.p_adj:.3g}")
         rows.append(
-            f"<tr><td>{_e(c.id)}{_claim_note(c)}</td><td>{_e(c.kind)}</td><td>{_e(c.source)}</td>"
-            f"<td class='{cls}'>{_e(c.verdict)}</td><td>{sum(t.confirmed for t in c.tests)}/{len(c.tests)}</td>"
-            f"<td style='text-align:left'>{nums}</td></tr>"
-        )
-    head = "<tr><th>claim</th><th>kind</th><th>source</th><th>verdict</th><th>tests</th><th>numbers (effect vs control threshold)</th></tr>"
+            f"<tr><td>{_e(c.id)}{_claim_note(c)}</td><td class='{_e(kind.replace(' ', '-'))}' title='{_e(PLAIN.get(kind, ''))}'>"
+            f"{_e(c.verdict)}</td><td style='text-align:left'>{_e(PLAIN.get(kind, ''))}. {_e(c.reason)}</td>"
+            f"<td>{num}</td><td>{nul}</td><td>{p}</td><td>{_e(c.source)}</td></tr>")
+    head = ("<tr><th>claim</th><th>verdict</th><th>in plain words</th><th>effect [95% CI]</th><th>null</th>"
+            "<th>p / Holm</th><th>source</th></tr>")
     return f"<table id='verdicts'>{head}{''.join(rows)}</table>"
+
+
+def _verdict_table(report: Any) -> str:
+    return _verdict_rows(report)
+
+
+def verdict_html(report: Any) -> str:
+    """The verdict table with the rule and the target in words (for ``_repr_html_`` and the page top)."""
+    st = report.settings
+    words = st.get("target_words") or []
+    tw = f"<p>Target: {_e('; '.join(words[:3]))}{' …' if len(words) > 3 else ''}</p>" if words else ""
+    warn = "".join(f"<p class='warn'><b>Warning:</b> {_e(w)}</p>" for w in st.get("warnings", []) or [])
+    me = st.get("min_effect_abs")
+    rule = (f"<p class='note'>Multiple comparisons and minimum effect: {_e(st.get('verdict_rule', ''))}. Minimum effect "
+            f"here: {me:.3g} target units ({_e(st.get('min_effect'))} of the reference gap). "
+            f"{_e(st.get('profile_runs', ''))}.</p>") if me is not None else ""
+    return tw + warn + _verdict_rows(report) + rule
 
 
 def _faith_frame(report: Any) -> Any:
@@ -132,15 +162,19 @@ def render_html(report: Any) -> str:
             f"{_e(ar.get('n_heads'))} heads, {_e(ar.get('attention'))} ({_e(ar.get('n_kv_heads'))} key/value heads) · "
             f"positions: {_e(ar.get('positional'))} · norm: {_e(ar.get('norm'))}</p>"
         )
-    summary = (
-        f"<p>{n_conf} of {len(report.claims)} claims confirmed. A test confirms a claim when its intervention "
-        "effect exceeds the 95th percentile of the same intervention on random controls (random rankings, heads "
-        "or source tokens); a claim is confirmed when more than half of its tests confirm it.</p>" + _verdict_table(report)
-    )
+    counts: dict[str, int] = {}
+    for c in report.claims:
+        counts[c.verdict_kind] = counts.get(c.verdict_kind, 0) + 1
+    summary = (f"<p>{n_conf} of {len(report.claims)} claims confirmed ("
+               + ", ".join(f"{v} {_e(k)}" for k, v in counts.items()) + ").</p>" + verdict_html(report))
     if report.skipped:
         summary += "<h3>Skipped steps</h3><ul>" + "".join(
             f"<li><b>{_e(s.get('step'))}</b>: {_e(s.get('reason'))}</li>" for s in report.skipped) + "</ul>"
     parts.append(_section("Summary of verdicts", summary, "summary"))
+    from mechattr.validation.sections import render_sections
+
+    for anchor, title, body in render_sections(getattr(report, "sections", {}) or {}):
+        parts.append(_section(title, body, anchor))
 
     # token maps
     body = []
@@ -196,12 +230,26 @@ def render_html(report: Any) -> str:
     # heads
     body = []
     h = report.heads
-    for key, label in (("atp", "AtP head attribution"), ("path_patch", "path patching to logits (direct effect)"),
+    for key, label in (("path_patch", "path patching to logits (direct effect)"),
                        ("links", "token→head link strength (attention × ‖v W_O‖)")):
         if h.get(key) is not None:
             body.append(fig(figures.layer_head_heatmap(torch.as_tensor(h[key], dtype=torch.float32), title=label)))
+    by = h.get("atp_by_corruption") or ({"corrupted": {"noising": h["atp"]}} if h.get("atp") is not None else {})
+    for cname, grids in by.items():
+        for direction, grid in grids.items():
+            if grid is not None:
+                body.append(fig(figures.layer_head_heatmap(torch.as_tensor(grid, dtype=torch.float32),
+                                                           title=f"AtP ({direction}) under corruption '{cname}'")))
     for mode, grid in (h.get("ablation") or {}).items():
         body.append(fig(figures.layer_head_heatmap(torch.as_tensor(grid, dtype=torch.float32), title=f"{mode} ablation: Δ target")))
+    for mode, effects in (h.get("ablation_solo") or {}).items():
+        if effects:
+            st_ = report.settings
+            grid = torch.full((int(st_.get("n_layers", 0)), int(st_.get("n_heads", 0))), float("nan"))
+            for name, v in effects.items():
+                layer, hh = (int(x) for x in name[1:].split("H"))
+                grid[layer, hh] = v
+            body.append(fig(figures.layer_head_heatmap(grid, title=f"{mode} ablation of each tested head alone: Δ target (blank: not tested)")))
     if body:
         parts.append(_section("Heads", "".join(body), "heads"))
     if report.flow is not None:
@@ -212,8 +260,9 @@ def render_html(report: Any) -> str:
         parts.append(_section("Circuit", circuit_html(report.circuit, fig), "circuit"))
 
     # all numbers
-    rows = [{"claim": c.id, "test": t.test, "effect": t.effect, "threshold": t.threshold, "rule": t.rule,
-             "n controls": t.n_controls, "confirmed": t.confirmed} for c in report.claims for t in c.tests]
+    rows = [{"claim": c.id, "test": t.test, "effect": t.effect, "CI low": t.ci_low, "CI high": t.ci_high, "null": t.null,
+             "threshold": t.threshold, "p": t.p, "p Holm": t.p_adj, "n controls": t.n_controls, "rule": t.rule,
+             "primary": t.primary} for c in report.claims for t in c.tests]
     parts.append(_section("Every test", _table(pd.DataFrame(rows)) if rows else "<p>none</p>", "tests"))
     if report.timings:
         parts.append(_section("Timings (s)", _table(pd.DataFrame([report.timings])), "timings"))

@@ -2,8 +2,9 @@
 
 Top level: ``schema`` (``"mechattr.validation_report"``), ``schema_version``, ``settings``,
 ``versions``, ``str_tokens``, ``token_maps``, ``faithfulness``, ``curves``, ``agreement``,
-``completeness``, ``sanity``, ``heads``, ``flow``, ``circuit`` (optional), ``claims`` (each with ``verdict`` and
-``tests``), ``skipped``. Non-finite floats are written as ``null``.
+``completeness``, ``sanity``, ``heads``, ``flow``, ``circuit`` (optional), ``sections`` (registered
+sections' data), ``claims`` (each with ``verdict``, ``outcome``, ``reason`` and ``tests`` with intervals and
+p-values), ``skipped``. Version 2: typed verdicts (issue 11). Non-finite floats are written as ``null``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 from mechattr.io import to_jsonable
 
 SCHEMA_NAME = "mechattr.validation_report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FIELDS = ("settings", "versions", "str_tokens", "token_maps", "faithfulness", "curves", "agreement",
-          "completeness", "sanity", "heads", "flow", "circuit", "skipped")
+          "completeness", "sanity", "heads", "flow", "circuit", "sections", "skipped")
 
 
 def report_to_dict(report: Any) -> dict[str, Any]:
@@ -30,8 +31,8 @@ def report_to_dict(report: Any) -> dict[str, Any]:
 
 def report_from_dict(d: dict[str, Any]) -> Any:
     """Rebuild a :class:`~mechattr.validation.ValidationReport` from :func:`report_to_dict` output."""
-    from mechattr.validation.claims import Claim
     from mechattr.validation.report import ValidationReport
+    from mechattr.validation.verdicts import Claim
 
     if d.get("schema") != SCHEMA_NAME:
         raise ValueError(f"not a mechattr validation report (schema={d.get('schema')!r})")

@@ -1,22 +1,19 @@
-"""``validate()``: attribution → faithfulness vs random controls → heads → interventions → verdicts.
+"""``validate()``: claims → one batch of variants for their tests and controls → verdicts → report.
 
-Steps (each timed; a step whose dependency is missing is recorded in ``skipped`` with the
-reason, never replaced by a made-up number):
+The straight line:
 
-1. token attribution with every method (:func:`mechattr.attribute_tokens`, or your callables);
-2. faithfulness of each map at top-``top_k`` (comp/suff/LO, DeYoung et al. 2020; Shrikumar et
-   al. 2017) and deletion/insertion curves, each against seeded random rankings; ground-truth
-   hit rate when ``source_positions`` are given; completeness of path methods; cross-method
-   agreement; cascading-randomization sanity check (Adebayo et al. 2018);
-3. head attribution (AtP, :func:`mechattr.attribute_heads`) → the ``top_heads`` heads;
-4. each claimed head tested by ablation (zero, mean, resample; :func:`mechattr.ablation_scan`)
-   and by path patching to the logits (:func:`mechattr.path_patch`) against the same
-   intervention on the other (control) heads;
-5. token→head links: link strength ``A[q, s] · ‖v_s W_O^h‖`` from each example's top token
-   ``s`` (primary method) to the target position ``q``; the ``top_links`` strongest heads are
-   tested by removing that edge only (:func:`~mechattr.validation.claims.edge_effects`)
-   against removing the edge from random other source tokens;
-6. verdicts (:mod:`mechattr.validation.claims`).
+1. token maps per method and their claims, against one shared set of random rankings
+   (:mod:`mechattr.validation.token_maps`);
+2. AtP per corruption, noising and denoising (:func:`mechattr.attribute_heads`); heads
+   scoring above ``claim_floor`` × the largest score (never exactly 0) become auto-claims;
+3. every head / head-set claim (user, card, auto, and each member of a set) tested by
+   ablation in one batch of variants with matched controls or the answer-token null
+   (:mod:`mechattr.validation.components`); token→head links by removing one attention edge
+   (:mod:`mechattr.validation.links`); claimed circuits by Wang et al. 2022's faithfulness,
+   completeness and minimality (:func:`mechattr.circuits.evaluate_circuit`);
+4. verdicts: Holm–Bonferroni within each family (token maps, components, links) at α = 0.05,
+   plus the minimum effect (:mod:`mechattr.validation.verdicts`); redundancy of set members;
+5. report sections from the registry (:mod:`mechattr.validation.sections`).
 """
 
 from __future__ import annotations
@@ -28,26 +25,43 @@ from typing import Any
 import torch
 
 from mechattr.components import Head, all_heads
-from mechattr.faithfulness import (
-    agreement,
-    cascading_randomization,
-    completeness,
-    deletion_insertion,
-    faithfulness,
-)
-from mechattr.faithfulness.metrics import check_count, check_k, random_scores, top_mask
+from mechattr.faithfulness.metrics import check_count, check_k, top_mask
 from mechattr.faithfulness.removal import removable_mask, target_read_positions
 from mechattr.inputs import Batch, prepare_pair, prepare_tokens
 from mechattr.io import to_jsonable, versions
 from mechattr.model import model_guard
 from mechattr.runtime.arch import arch
 from mechattr.targets import Target, run_target
-from mechattr.validation.claims import Claim, compare, edge_effects, link_strength
-from mechattr.validation.heads import SetAblation, control_sets, parse_head_claims
+from mechattr.validation import sections as S
+from mechattr.validation.claims import (
+    CircuitClaim,
+    HeadClaim,
+    SetClaim,
+    TokenMapClaim,
+    parse_claims,
+)
+from mechattr.validation.components import apply_redundancy, run_components
+from mechattr.validation.links import edge_effects, link_strength
 from mechattr.validation.report import ValidationReport
+from mechattr.validation.stats import ALPHA, bootstrap_ci, holm, mc_pvalue
+from mechattr.validation.token_maps import run_token_claims
+from mechattr.validation.verdicts import MIN_EXAMPLES, Claim, TestResult, decide
 
 DEFAULT_METHODS = ("ig", "input_x_gradient", "saliency", "attention")
 ABLATION_MODES = ("zero", "mean", "resample")
+PROFILES: dict[str, dict[str, Any]] = {
+    "fast": {"n_draws": 100, "max_head_controls": 100, "answer_draws": 1000, "link_draws": 100, "curve_draws": 1,
+             "curve_steps": 5, "modes": ("mean",), "sanity": False, "flow": False, "path_patch": False},
+    "default": {"n_draws": 200, "max_head_controls": 200, "answer_draws": 2000, "link_draws": 100, "curve_draws": 3,
+                "curve_steps": 10, "modes": ("mean",), "sanity": True, "flow": True, "path_patch": True},
+    "thorough": {"n_draws": 500, "max_head_controls": 500, "answer_draws": 5000, "link_draws": 200, "curve_draws": 5,
+                 "curve_steps": 20, "modes": ("mean", "zero", "resample"), "sanity": True, "flow": True,
+                 "path_patch": True},
+}
+RULE = ("Holm–Bonferroni within each family of claims (token maps; heads and head sets; links) at α = 0.05 on Monte Carlo "
+        "p-values against each test's null, AND the 95% bootstrap interval of |effect| at or above the minimum effect; "
+        "refuted when that interval lies entirely below the minimum effect; underpowered when fewer than 20 matched "
+        "controls exist and no other null applies, or with fewer than 4 examples")
 
 
 def str_tokens(model: Any, tokens: torch.Tensor) -> list[list[str]]:
@@ -83,16 +97,31 @@ class _Steps:
         self.skipped.append({"step": step, "reason": reason})
 
 
-def _attribute(model: Any, batch: Batch, target: Any, method: Any, kw: dict) -> Any:
-    if callable(method):
-        return method(model, batch.tokens, target)
-    from mechattr.attribution.tokens import attribute_tokens
+def _corruptions(model: Any, batch: Batch, corrupted: Any) -> tuple[Batch, dict[str, torch.Tensor]]:
+    items = corrupted.items() if isinstance(corrupted, dict) else [("corrupted", corrupted)]
+    out = {}
+    for name, c in items:
+        batch, cb = prepare_pair(model, batch.tokens, c, batch.attention_mask)
+        out[str(name)] = cb.tokens
+    if not out:
+        raise ValueError("corrupted is an empty dict: give at least one name → tensor")
+    return batch, out
 
-    return attribute_tokens(model, batch.tokens, target, method=method, attention_mask=batch.attention_mask, **kw)
 
+def _documented(model: Any, organism: str | None, documented: Any) -> set[Head]:
+    heads: set[Head] = set()
+    if organism is not None:
+        from mechattr import organisms
 
-def _scores(res: Any) -> Any:
-    return getattr(res, "scores", res)
+        heads |= {c for comps in organisms.circuit(organism).values() for c in comps if isinstance(c, Head)}
+    if documented is not None:
+        from mechattr.components import parse_component
+
+        for d in documented:
+            c = parse_component(d, model)
+            if isinstance(c, Head):
+                heads.add(c)
+    return heads
 
 
 def validate(
@@ -106,13 +135,13 @@ def validate(
     top_heads: int = 3,
     top_links: int = 2,
     claims: Any = (),
-    max_head_controls: int = 100,
+    max_head_controls: int | None = None,
     source_positions: Any = None,
     removal: str = "zero",
-    n_draws: int = 20,
-    curve_steps: int = 10,
-    curve_draws: int = 3,
-    ablation_modes: Sequence[str] = ABLATION_MODES,
+    n_draws: int | None = None,
+    curve_steps: int | None = None,
+    curve_draws: int | None = None,
+    ablation_modes: Sequence[str] | None = None,
     sanity_methods: Sequence[str] | None = None,
     n_steps: int | None = None,
     batch_size: int | None = None,
@@ -121,29 +150,51 @@ def validate(
     model_name: str | None = None,
     circuit: bool | dict[str, Any] = False,
     progress: Callable[[str], None] | None = None,
+    profile: str = "default",
+    min_effect: float = 0.05,
+    claim_floor: float = 0.05,
+    organism: str | None = None,
+    documented: Any = None,
+    adaptive: bool = True,
 ) -> ValidationReport:
-    """Turn attributions into claims and test them with interventions (see the module docstring).
+    """Turn attributions into claims and test them with interventions (module docstring).
 
-    ``target``: a :class:`mechattr.targets.Target`. ``methods``: names for
-    :func:`mechattr.attribute_tokens` or ``{name: fn(model, tokens, target) -> [batch, pos]}``.
-    ``claims``: head claims to test besides the ``top_heads`` found by AtP: heads or head
-    groups, optionally named (``{"induction heads": ["L1H0", "L1H1"], "wrong": "L0H0"}``);
-    each is tested against random head sets of its size (:mod:`mechattr.validation.heads`). ``source_positions``
-    ``[batch, k]`` (``-1`` padded): ground-truth positions for the hit rate. ``sanity_methods``:
-    methods for the cascading-randomization check (default: the first method; ``()``: none).
-    ``circuit``: ``True`` or options for :func:`mechattr.report.circuit.circuit_report`
-    (``method``, ``selection``, ``n``, ``tau``, …) adds the circuit section (edge scores, a
-    circuit, its faithfulness and the tokens its input edges carry) on clean vs ``corrupted``.
+    ``target``: a :class:`mechattr.targets.Target`. ``corrupted``: ``[batch, pos]`` tokens,
+    or ``{name: tokens}`` for several corruptions (AtP runs under each; the first is the
+    reference for the minimum effect and the circuit section); default: each row's tokens
+    permuted. ``methods``: names for :func:`mechattr.attribute_tokens` or ``{name: fn(model,
+    tokens, target) -> [batch, pos]}``. ``claims``: typed claims
+    (:mod:`mechattr.validation.claims`), heads or head groups, optionally named
+    (``{"induction": ["L1H0", "L1H1"], "wrong": "L0H0"}``). ``organism`` / ``documented``:
+    components controls never contain (the card's circuit / your list). ``profile``:
+    ``"fast"`` | ``"default"`` | ``"thorough"`` (:data:`PROFILES`; explicit ``n_draws``,
+    ``max_head_controls``, ``curve_*``, ``ablation_modes`` override it). ``min_effect``: the
+    minimum effect as a fraction of ``|T(clean) − T(corrupted)|`` (of ``|T(clean)|`` without a
+    given corruption); token claims use the fraction of the clean ``p(ŷ)``. ``claim_floor``:
+    auto-claims only for heads whose AtP magnitude exceeds this fraction of the largest (and
+    is not 0). ``adaptive``: stop drawing controls once a test cannot become significant.
+    ``circuit``: ``True`` or options for :func:`mechattr.report.circuit.circuit_report`.
     """
     if not isinstance(target, Target):
         raise TypeError("validate needs a mechattr.targets target (e.g. targets.logit(ids)); it reads positions per stacked row")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; allowed: {list(PROFILES)}")
+    prof = PROFILES[profile]
     k = check_k(top_k)
     top_heads, top_links = check_count(top_heads, "top_heads", 0), check_count(top_links, "top_links", 0)
-    max_head_controls = check_count(max_head_controls, "max_head_controls")
-    n_draws, curve_draws = check_count(n_draws, "n_draws", 1), check_count(curve_draws, "curve_draws", 0)
-    for m in ablation_modes:
+    n_ctrl = check_count(prof["max_head_controls"] if max_head_controls is None else max_head_controls, "max_head_controls")
+    n_draws = check_count(prof["n_draws"] if n_draws is None else n_draws, "n_draws", 1)
+    curve_draws = check_count(prof["curve_draws"] if curve_draws is None else curve_draws, "curve_draws", 0)
+    curve_steps = prof["curve_steps"] if curve_steps is None else curve_steps
+    modes = tuple(prof["modes"] if ablation_modes is None else ablation_modes)
+    for m in modes:
         if m not in ABLATION_MODES:
             raise ValueError(f"unknown ablation mode {m!r}; allowed: {list(ABLATION_MODES)}")
+    if not modes:
+        raise ValueError(f"ablation_modes is empty; allowed: {list(ABLATION_MODES)}")
+    for name, v in (("min_effect", min_effect), ("claim_floor", claim_floor)):
+        if not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
     named = dict(methods) if isinstance(methods, dict) else {str(m): m for m in methods}
     if not named:
         raise ValueError("methods is empty: pass at least one attribution method")
@@ -153,164 +204,168 @@ def validate(
         torch.manual_seed(seed)
         batch = prepare_tokens(model, tokens, attention_mask)
         removable = removable_mask(model, batch, target)
-        user_claims = parse_head_claims(model, claims)
-        given_corrupted = corrupted is not None
-        if given_corrupted:
-            batch, cb = prepare_pair(model, batch.tokens, corrupted, batch.attention_mask)
-            corr = cb.tokens
+        typed = parse_claims(model, claims)
+        doc = _documented(model, organism, documented)
+        given = corrupted is not None
+        if given:
+            batch, corrs = _corruptions(model, batch, corrupted)
         else:
-            corr = permuted_corruption(batch, removable, seed)
+            corrs = {"permuted": permuted_corruption(batch, removable, seed)}
+        n = batch.shape[0]
         q = target_read_positions(target, batch)
         rep = ValidationReport(settings={}, versions=versions(), str_tokens=str_tokens(model, batch.tokens))
-        fkw = {"k": k, "removal": removal, "seed": seed, "attention_mask": batch.attention_mask, "batch_size": batch_size}
+        with torch.no_grad():
+            clean_t = float(run_target(model, batch.tokens, target, attention_mask=batch.attention_mask).mean())
+            first = next(iter(corrs.values()))
+            corr_t = float(run_target(model, first, target, attention_mask=batch.attention_mask).mean())
+        gap = abs(clean_t - corr_t) if given else abs(clean_t)
+        me = float(min_effect) * gap
 
-        # 1-2. token attribution and faithfulness ------------------------------------------
-        maps: dict[str, torch.Tensor] = {}
-        for name, m in named.items():
-            steps.start(f"attribution: {name}")
-            try:
-                res = _attribute(model, batch, target, m, akw)
-            except ImportError as err:
-                steps.skip(f"attribution: {name}", f"attribute_tokens not available ({err})")
-                continue
-            s = getattr(res, "scores", res)
-            maps[name] = torch.as_tensor(s).detach().float().to(batch.tokens.device)
-            if getattr(res, "convergence_delta", None) is not None:
-                rep.completeness[name] = completeness(res)
-            steps.stop()
-            steps.start(f"faithfulness: {name}")
-            f = faithfulness(model, batch, target, maps[name], n_draws=n_draws, **fkw)
-            c = deletion_insertion(model, batch, target, maps[name], n_steps=curve_steps, n_draws=curve_draws,
-                                   removal=removal, seed=seed, attention_mask=batch.attention_mask, batch_size=batch_size)
-            entry = {"summary": f.summary(), "comprehensiveness": f.comprehensiveness, "sufficiency": f.sufficiency,
-                     "log_odds": f.log_odds, "p_full": f.p_full, "n_top": f.settings["n_top"]}
-            claim = Claim(f"tokens:{name}", "tokens", {"method": name, "k": k})
-            for metric, sign in (("comprehensiveness", 1), ("sufficiency", -1), ("log_odds", -1)):
-                claim.add(compare(metric, float(getattr(f, metric).mean()), f.control[metric].mean(-1), sign=sign))
-            if source_positions is not None:
-                hit, ctrl = _hit_rates(maps[name], removable, source_positions, n_draws, seed)
-                entry.update(hit_rate=hit, hit_rate_control_mean=float(ctrl.mean()))
-                claim.add(compare("ground-truth hit rate (top-1 token)", hit, ctrl))
-            rep.faithfulness[name] = entry
-            rep.curves[name] = {
-                "fractions": c.fractions, "deletion_mean": c.deletion.mean(-1), "insertion_mean": c.insertion.mean(-1),
-                "control_deletion_mean": None if c.control_deletion is None else c.control_deletion.mean((0, 2)),
-                "control_insertion_mean": None if c.control_insertion is None else c.control_insertion.mean((0, 2)),
-                "summary": c.summary()}
-            rep.token_maps[name] = maps[name].cpu()
-            rep.claims.append(claim)
-            steps.stop()
-        if len(maps) > 1:
-            steps.start("agreement")
-            rep.agreement = agreement(model, batch, target, maps, k=k)
-            steps.stop()
-        sanity = [m for m in (list(maps)[:1] if sanity_methods is None else sanity_methods) if m in maps]
-        for name in sanity:
-            steps.start(f"sanity: {name}")
-            fn = named[name]
-            r = cascading_randomization(
-                model, batch, target,
-                lambda mm, tt, tg, fn=fn: _scores(_attribute(mm, Batch(tt, batch.attention_mask), tg, fn, akw)),
-                seed=seed, attention_mask=batch.attention_mask)
-            rep.sanity[name] = r.summary()
-            steps.stop()
+        # 1. token maps -------------------------------------------------------------------------
+        tok_claims = [c for c in typed if isinstance(c, TokenMapClaim)]
+        maps = run_token_claims(model, batch, target, named, rep, steps, akw=akw, k=k, removal=removal, n_draws=n_draws,
+                                curve_steps=curve_steps, curve_draws=curve_draws, source_positions=source_positions,
+                                removable=removable, min_effect=min_effect, seed=seed, batch_size=batch_size,
+                                adaptive=adaptive, sanity_methods=(sanity_methods if sanity_methods is not None
+                                                                   else (None if prof["sanity"] else ())))
+        for c in tok_claims:
+            if c.id not in {r.id for r in rep.claims}:
+                steps.skip(c.id, f"method {c.method!r} is not among methods {list(named)}")
 
-        # 3-4. heads ------------------------------------------------------------------------
+        # 2. AtP per corruption, both directions; auto-claims ----------------------------------------
         heads = all_heads(model)
-        grids: dict[str, Any] = {}
+        atp: dict[str, dict[str, Any]] = {}
         steps.start("head attribution (AtP)")
         try:
             from mechattr.attribution.components import attribute_heads
 
-            res = attribute_heads(model, batch.tokens, target, corrupted=corr, method="atp", attention_mask=batch.attention_mask)
-            atp = torch.as_tensor(getattr(res, "scores", res)).float().cpu()
-            grids["atp"] = atp
+            for cname, ct in corrs.items():
+                fwd = attribute_heads(model, batch.tokens, target, corrupted=ct, method="atp", attention_mask=batch.attention_mask)
+                bwd = attribute_heads(model, ct, target, corrupted=batch.tokens, method="atp", attention_mask=batch.attention_mask)
+                atp[cname] = {"noising": torch.as_tensor(getattr(fwd, "scores", fwd)).float().cpu(),
+                              "denoising": torch.as_tensor(getattr(bwd, "scores", bwd)).float().cpu()}
         except ImportError as err:
             steps.skip("head attribution (AtP)", f"attribute_heads not available ({err})")
         steps.stop()
-        steps.start("ablation")
-        abl: dict[str, torch.Tensor] = {}
-        try:
-            from mechattr.interventions.ablation import ablation_scan
+        if prof["path_patch"]:  # the "Heads" section's direct-effect map: one batched call for every head
+            steps.start("path patching")
+            try:
+                from mechattr.interventions.path_patching import path_patch
 
-            for mode in ablation_modes:
-                abl[mode] = torch.as_tensor(ablation_scan(model, batch.tokens, target, kind="heads", mode=mode, seed=seed,
-                                                          batch_size=batch_size, attention_mask=batch.attention_mask)).float().cpu()
-        except ImportError as err:
-            steps.skip("ablation", f"ablation_scan not available ({err})")
-        grids["ablation"] = abl
-        steps.stop()
-        steps.start("path patching")
-        try:
-            from mechattr.interventions.path_patching import path_patch
-
-            with torch.no_grad():
-                clean_mean = float(run_target(model, batch.tokens, target, attention_mask=batch.attention_mask).mean())
-            pp = torch.as_tensor(path_patch(model, batch.tokens, corr, target, heads, "logits", batch_size=batch_size,
-                                            attention_mask=batch.attention_mask)).float().cpu() - clean_mean
-            grids["path_patch"] = pp.reshape(model.cfg.n_layers, model.cfg.n_heads)
-        except ImportError as err:
-            steps.skip("path patching", f"path_patch not available ({err})")
-        steps.stop()
-        rank_by = grids.get("atp")
-        if rank_by is None and abl:
-            rank_by = abl[next(iter(abl))]
-            steps.skip("head ranking by AtP", f"AtP unavailable; heads ranked by |{next(iter(abl))} ablation| instead")
+                pp = torch.as_tensor(path_patch(model, batch.tokens, first, target, heads, "logits", batch_size=batch_size,
+                                                attention_mask=batch.attention_mask)).float().cpu() - clean_t
+                rep.heads["path_patch"] = pp.reshape(model.cfg.n_layers, model.cfg.n_heads)
+            except ImportError as err:
+                steps.skip("path patching", f"path_patch not available ({err})")
+            steps.stop()
+        comp_claims = [c for c in typed if isinstance(c, (HeadClaim, SetClaim))]
+        claimed_single = {c.head for c in comp_claims if isinstance(c, HeadClaim)}
         auto: list[Head] = []
-        if rank_by is not None and top_heads:
-            order = torch.argsort(rank_by.abs().flatten(), descending=True, stable=True)
-            auto = [heads[int(i)] for i in order[:top_heads]]
-        steps.start("head claims vs random heads")
-        with torch.no_grad():
-            clean_mean = float(run_target(model, batch.tokens, target, attention_mask=batch.attention_mask).mean())
-        effect = SetAblation(model, batch, target, abl, seed, clean_mean)
-        todo = [(str(h), (h,), "auto") for h in auto] + [(n, hs, "user") for n, hs in user_claims]
-        for name, hs, src_kind in todo:
-            cl = Claim(f"heads:{name}", "head", {"heads": [str(h) for h in hs]}, src_kind)
-            if "atp" in grids:
-                cl.note = "AtP " + ", ".join(f"{h}={float(grids['atp'][h.layer, h.head]):.4g}" for h in hs)
-            others = {h for n2, hs2, _ in todo if n2 != name for h in hs2}
-            ctrl, rule = control_sets(heads, hs, others, max_head_controls, seed)
-            for mode in abl:
-                cl.add(compare(f"ablation:{mode}", effect(mode, hs), [effect(mode, c) for c in ctrl], two_sided=True))
-            if "path_patch" in grids and len(hs) == 1:
-                g = grids["path_patch"]
-                cl.add(compare("path_patch:logits", float(g[hs[0].layer, hs[0].head]),
-                               [float(g[c[0].layer, c[0].head]) for c in ctrl], two_sided=True))
-            cl.subject.update(n_control_sets=len(ctrl), control_rule=rule)
-            rep.claims.append(cl)
+        if atp and top_heads:
+            score = torch.stack([g.abs() for d in atp.values() for g in d.values()]).amax(0)
+            top = float(score.max())
+            ok = (score > claim_floor * top) & (score > 0)
+            order = torch.argsort(score.flatten(), descending=True, stable=True)
+            auto = [heads[int(i)] for i in order if bool(ok.flatten()[i])][:top_heads]
+        comp_claims = [HeadClaim(h, "", "auto") for h in auto if h not in claimed_single] + comp_claims
+        for c in list(comp_claims):
+            if isinstance(c, SetClaim):
+                have = {x.head for x in comp_claims if isinstance(x, HeadClaim)}
+                comp_claims += [HeadClaim(h, "", "member") for h in c.heads if h not in have]
+
+        # 3. component claims: one batch of variants -------------------------------------------------
+        steps.start("heads and head sets: ablation variants + controls")
+        solo: dict[str, float] = {}
+        run = None
+        primary_mode = modes[0] if "mean" not in modes else "mean"
+        if n == 1 and primary_mode != "zero":
+            steps.skip(f"{primary_mode} ablation", "one example: mean/resample ablation needs a population (the "
+                       "example's own activation would replace itself); zero ablation used instead")
+            primary_mode = "zero"
+        if comp_claims:
+            run = run_components(model, batch, target, comp_claims, documented=doc, mode=primary_mode, min_effect=me,
+                                 n_controls=n_ctrl, n_answer_draws=prof["answer_draws"], adaptive=adaptive, seed=seed,
+                                 batch_size=batch_size)
+            for extra in [x for x in modes if x != primary_mode and not (n == 1 and x != "zero")]:
+                sec = run_components(model, batch, target, comp_claims, documented=doc, mode=extra, min_effect=me,
+                                     n_controls=0, n_answer_draws=prof["answer_draws"], adaptive=True, seed=seed,
+                                     batch_size=batch_size)
+                for r, s2 in zip(run.records, sec.records):
+                    t = s2.tests[0]
+                    t.primary, t.test = False, t.test + " (secondary mode, not part of the verdict)"
+                    r.add(t)
+            for r in run.records:
+                if atp:
+                    r.note = "AtP " + "; ".join(
+                        f"{cn}: " + ", ".join(f"{h}={float(g['noising'][int(h[1:].split('H')[0]), int(h.split('H')[1])]):.3g}"
+                                              for h in r.subject["heads"]) for cn, g in atp.items())
+                if r.kind == "head":
+                    solo[r.subject["heads"][0]] = float(run.effects[frozenset({_head(r)})].mean())
+            rep.claims += run.records
         steps.stop()
 
-        # 5. token -> head links --------------------------------------------------------------
+        # 3b. links ---------------------------------------------------------------------------------
         if maps and top_links:
             steps.start("token→head links")
             primary = next(iter(maps))
             src = top_mask(maps[primary], removable, torch.ones_like(q)).float().argmax(-1)
             with torch.no_grad():
                 ls = link_strength(model, batch, q, src)
-            grids["links"] = ls
+            rep.heads["links"] = ls
             order = torch.argsort(ls.flatten(), descending=True, stable=True)
-            rnd = _random_other_positions(removable, src, n_draws, seed)
+            rnd = _random_other_positions(removable, src, prof["link_draws"], seed)
             for i in order[:top_links]:
                 h = heads[int(i)]
-                eff = edge_effects(model, batch, target, h.layer, h.head, q, torch.cat([src[None], rnd]), batch_size=batch_size)
+                eff = edge_effects(model, batch, target, h.layer, h.head, q, torch.cat([src[None], rnd]), batch_size=batch_size,
+                                   per_example=True)
+                per, ctrl = eff[0], eff[1:].mean(-1)
+                lo, hi = bootstrap_ci(per, seed=seed) if n >= MIN_EXAMPLES else (None, None)
+                t = TestResult("edge removal (value at the top token → target position)", float(per.mean()),
+                               float(torch.quantile(ctrl.abs().double(), 1 - ALPHA)), int(ctrl.numel()),
+                               bool(per.mean().abs() > torch.quantile(ctrl.abs(), 1 - ALPHA)), [float(x) for x in ctrl[:200]],
+                               "two-sided: |effect| vs |edge removed from random other source tokens|", lo, hi,
+                               mc_pvalue(float(per.mean().abs()), ctrl.abs()), None, "random source tokens", -1, me, True)
                 cl = Claim(f"link:top token({primary})→{h}", "link", {"layer": h.layer, "head": h.head, "method": primary,
                            "source_positions": src.cpu().tolist()}, note=f"link strength {float(ls.flatten()[i]):.4g}")
-                cl.add(compare("edge removal (value at the top token → target position)", float(eff[0]), eff[1:], two_sided=True))
+                cl.add(t)
                 rep.claims.append(cl)
             steps.stop()
-        steps.start("attention flow")
-        try:
-            from mechattr.graph import attention_flow
 
-            same = bool((q == q[0]).all())
-            out_pos = int(q[0]) if same else q
-            rep.flow = torch.as_tensor(attention_flow(model, batch.tokens, output_pos=out_pos,
-                                                      attention_mask=batch.attention_mask)).float().cpu()
-            grids["flow_graph"] = _graph_json(model, batch)
-        except ImportError as err:
-            steps.skip("attention flow", f"attention_flow not available ({err})")
-        steps.stop()
+        # 3c. circuits ------------------------------------------------------------------------------
+        for c in [c for c in typed if isinstance(c, CircuitClaim)]:
+            steps.start(f"circuit claim {c.name}")
+            rep.claims.append(_circuit_claim(model, batch, first, target, c, seed, batch_size))
+            steps.stop()
+
+        # 4. verdicts -------------------------------------------------------------------------------
+        for fam in ("tokens", "component", "link"):
+            recs = [r for r in rep.claims if _family(r) == fam and r.primary is not None and r.primary.p is not None]
+            for r, pa in zip(recs, holm([r.primary.p for r in recs])):  # type: ignore[union-attr]
+                r.primary.p_adj = pa  # type: ignore[union-attr]
+        for r in rep.claims:
+            if r.kind == "circuit":
+                continue
+            t = r.primary
+            if t is not None:
+                t.primary = True
+                r.outcome, r.reason = decide(t, n)
+                t.outcome = r.outcome
+        if run is not None:
+            apply_redundancy(run, me, seed)
+
+        # 5. sections, flow, circuit ------------------------------------------------------------------
+        if prof["flow"]:
+            steps.start("attention flow")
+            try:
+                from mechattr.graph import attention_flow
+
+                same = bool((q == q[0]).all())
+                rep.flow = torch.as_tensor(attention_flow(model, batch.tokens, output_pos=int(q[0]) if same else q,
+                                                          attention_mask=batch.attention_mask)).float().cpu()
+                rep.heads["flow_graph"] = _graph_json(model, batch)
+            except ImportError as err:
+                steps.skip("attention flow", f"attention_flow not available ({err})")
+            steps.stop()
         if circuit:
             steps.start("circuit")
             from mechattr.report.circuit import circuit_report
@@ -318,24 +373,90 @@ def validate(
 
             opts = dict(circuit) if isinstance(circuit, dict) else {}
             try:
-                rep.circuit = circuit_report(model, batch.tokens, corr, target, attention_mask=batch.attention_mask,
+                rep.circuit = circuit_report(model, batch.tokens, first, target, attention_mask=batch.attention_mask,
                                              str_tokens=rep.str_tokens, batch_size=batch_size, model_name=model_name, **opts).to_dict()
             except SplitUnsupported as err:
                 steps.skip("circuit", str(err))
             steps.stop()
-        rep.heads = {"atp": grids.get("atp"), "ablation": abl, "path_patch": grids.get("path_patch"),
-                     "links": grids.get("links"), "flow_graph": grids.get("flow_graph")}
-        rep.skipped, rep.timings = steps.skipped, steps.timings
-        rep.settings = to_jsonable({
-            "model": model_name or getattr(model.cfg, "model_name", "model"), "architecture": arch(model).summary(), "n_layers": model.cfg.n_layers,
-            "n_heads": model.cfg.n_heads, "target": target.describe(), "n_examples": batch.shape[0], "n_pos": batch.shape[1],
-            "methods": list(named), "k": k, "removal": removal, "n_draws": n_draws, "curve_steps": curve_steps,
-            "curve_draws": curve_draws, "top_heads": top_heads, "top_links": top_links, "ablation_modes": list(ablation_modes),
-            "sanity_methods": sanity, "seed": seed, "n_steps": n_steps, "user_claims": {n: [str(h) for h in hs] for n, hs in user_claims}, "max_head_controls": max_head_controls,
-            "corrupted": "given" if given_corrupted else "removable tokens permuted per row (seeded)",
-            "verdict_rule": "a test confirms when the effect exceeds the 95th percentile of its random controls; a claim is confirmed when more than half of its tests confirm",
-        })
+        rep.heads.update({"atp": atp[next(iter(atp))]["noising"] if atp else None,
+                          "atp_by_corruption": atp, "ablation_solo": {primary_mode: solo}})
+        ctx = S.Context(model, batch, target, rep, me, atp, solo)
+        rep.sections = S.compute_sections(ctx)
+        rep.skipped, rep.timings = rep.skipped + steps.skipped, steps.timings
+        tw = _target_words(model, target, batch)
+        rep.settings.update(to_jsonable({
+            "model": model_name or getattr(model.cfg, "model_name", "model"), "architecture": arch(model).summary(),
+            "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads, "target": target.describe(), "target_words": tw,
+            "n_examples": n, "n_pos": batch.shape[1], "methods": list(named), "k": k, "removal": removal,
+            "profile": profile, "profile_runs": _profile_words(profile, n_draws, n_ctrl, prof, modes, curve_draws, adaptive),
+            "n_draws": n_draws, "curve_steps": curve_steps, "curve_draws": curve_draws, "top_heads": top_heads,
+            "top_links": top_links, "ablation_modes": list(modes), "primary_mode": primary_mode, "seed": seed,
+            "n_steps": n_steps, "user_claims": [c.id for c in typed], "documented": sorted(map(str, doc)),
+            "max_head_controls": n_ctrl, "min_effect": min_effect, "min_effect_abs": me, "target_clean": clean_t,
+            "target_corrupted": corr_t if given else None, "claim_floor": claim_floor, "adaptive": adaptive,
+            "corrupted": list(corrs) if given else "removable tokens permuted per row (seeded)",
+            "verdict_rule": RULE,
+        }))
         return rep
+
+
+def _head(r: Claim) -> Head:
+    from mechattr.components import parse_component
+
+    return parse_component(r.subject["heads"][0])  # type: ignore[return-value]
+
+
+def _family(r: Claim) -> str:
+    return "component" if r.kind in ("head", "set") else "tokens" if r.kind == "tokens" else r.kind
+
+
+def _target_words(model: Any, target: Target, batch: Batch) -> list[str]:
+    """The target in words per example (first 8), e.g. ``logit of 't5' at position 23``."""
+    from mechattr.validation.controls import ANSWER_TARGETS, answer_ids
+
+    pos = target.positions(batch.shape[0], batch.shape[1], batch.attention_mask, batch.tokens.device)[:, 0].tolist()
+    words = []
+    for b in range(min(8, batch.shape[0])):
+        if isinstance(target, ANSWER_TARGETS):
+            ids = answer_ids(target)
+            tid = int(ids if ids.ndim == 0 else ids[b])
+            tok = model.to_string(torch.tensor([tid])) if getattr(model, "tokenizer", None) is not None else str(tid)
+            words.append(f"{target.name} of {tok!r} at position {pos[b]}")
+        else:
+            words.append(f"{target.name} at position {pos[b]}")
+    return words
+
+
+def _profile_words(profile: str, n_draws: int, n_ctrl: int, prof: dict, modes: Sequence[str], curve_draws: int, adaptive: bool) -> str:
+    return (f"profile {profile}: up to {n_draws} random rankings for token claims, up to {n_ctrl} matched head sets per "
+            f"claim (or {prof['answer_draws']} random-answer draws when fewer than 20 exist), {prof['link_draws']} random "
+            f"source tokens per link, ablation modes {', '.join(modes)} (first decides), {curve_draws} random curves, "
+            f"sanity check {'on' if prof['sanity'] else 'off'}, attention flow {'on' if prof['flow'] else 'off'}, "
+            f"path patching of every head to the logits {'on' if prof['path_patch'] else 'off'}; "
+            f"controls {'adaptive (stop when decided)' if adaptive else 'all drawn'}")
+
+
+def _circuit_claim(model: Any, batch: Batch, corrupted: torch.Tensor, target: Target, c: CircuitClaim, seed: int,
+                   batch_size: int | None) -> Claim:
+    """Wang et al. 2022 checks of a claimed circuit: confirmed when normalised faithfulness is
+    in [0.8, 1.2] and every node's minimality score is above 0."""
+    from mechattr.circuits.evaluation import evaluate_circuit
+
+    ev = evaluate_circuit(model, list(c.edges), batch.tokens, corrupted, target, completeness=True, seed=seed,
+                          batch_size=batch_size, attention_mask=batch.attention_mask)
+    rec = Claim(c.id, "circuit", {"edges": list(c.edges)}, c.source)
+    rec.add(TestResult("faithfulness (T(C) − T(∅)) / (T(M) − T(∅))", ev.faithfulness, 0.8, 0, bool(0.8 <= ev.faithfulness <= 1.2),
+                       rule="confirmed in [0.8, 1.2]", primary=True))
+    worst = max(ev.completeness.values(), default=0.0)
+    rec.add(TestResult("completeness: max |T(C∖K) − T(M∖K)|", worst, float("nan"), len(ev.completeness), True,
+                       rule="reported (Wang et al. 2022 §4)"))
+    low = min(ev.minimality.values(), default=float("nan"))
+    rec.add(TestResult("minimality: min over nodes of max |T(C∖(K∪{v})) − T(C∖K)|", low, 0.0, len(ev.minimality), low > 0,
+                       rule="every node must matter (> 0)"))
+    f = ev.faithfulness
+    rec.outcome = "confirmed" if (f == f and 0.8 <= f <= 1.2 and low > 0) else "refuted" if (f == f and f < 0.5) else "inconclusive"
+    rec.reason = f"faithfulness {f:.3g}, completeness gap ≤ {worst:.3g}, smallest minimality {low:.3g}"
+    return rec
 
 
 def _graph_json(model: Any, batch: Batch) -> dict[str, Any]:
@@ -346,24 +467,6 @@ def _graph_json(model: Any, batch: Batch) -> dict[str, Any]:
     g = attention_graph(model, batch.tokens, batch_index=0, attention_mask=batch.attention_mask)
     return {"nodes": [[int(n[0]), int(n[1]), d.get("token")] for n, d in g.nodes(data=True)],
             "edges": [[int(u[0]), int(u[1]), int(v[0]), int(v[1]), float(d.get("capacity", 0.0))] for u, v, d in g.edges(data=True)]}
-
-
-def _hit_rates(scores: torch.Tensor, removable: torch.Tensor, source_positions: Any, n_draws: int, seed: int) -> tuple[float, torch.Tensor]:
-    """Fraction of examples whose top-1 removable token is a ground-truth source position,
-    for ``scores`` and for ``n_draws`` random rankings."""
-    sp = torch.as_tensor(source_positions).long().to(scores.device)
-    if sp.ndim == 1:
-        sp = sp[:, None]
-    if sp.shape[0] != scores.shape[0]:
-        raise ValueError(f"source_positions has {sp.shape[0]} rows but tokens have {scores.shape[0]}")
-    one = torch.ones(scores.shape[0], dtype=torch.long, device=scores.device)
-
-    def rate(s: torch.Tensor) -> float:
-        top = top_mask(s, removable, one).float().argmax(-1)
-        return float((sp == top[:, None]).any(-1).float().mean())
-
-    ctrl = torch.tensor([rate(r) for r in random_scores(tuple(scores.shape), seed + 2, n_draws, scores.device)])
-    return rate(scores), ctrl
 
 
 def _random_other_positions(removable: torch.Tensor, src: torch.Tensor, draws: int, seed: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechattr.validation.claims import CONFIRMED, Claim
+from mechattr.validation.verdicts import CONFIRMED, Claim
 
 
 @dataclass
@@ -26,7 +26,8 @@ class ValidationReport:
     ``heads {"atp": [L][H], "ablation": {mode: [L][H]}, "path_patch": [L][H], "links": [L][H]}``;
     ``flow [batch][pos]`` (attention flow to the target position); ``circuit`` (the circuit
     section's data, :class:`mechattr.report.circuit.CircuitReport`, when asked for); ``claims`` with their
-    tests and verdicts; ``skipped`` steps with the reason; ``timings`` (seconds, HTML only —
+    tests and verdicts; ``sections`` (registered report sections' data,
+    :mod:`mechattr.validation.sections`); ``skipped`` steps with the reason; ``timings`` (seconds, HTML only —
     never in the JSON, which must be deterministic).
     """
 
@@ -43,6 +44,7 @@ class ValidationReport:
     flow: Any = None
     circuit: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -55,11 +57,32 @@ class ValidationReport:
         raise KeyError(f"no claim {claim_id!r}; claims: {[c.id for c in self.claims]}")
 
     def verdicts(self) -> dict[str, str]:
-        """``{claim id: "confirmed" | "not confirmed" | "untested"}``."""
+        """``{claim id: verdict}`` (``confirmed``, ``refuted``, ``redundant: necessary as part of {…}``,
+        ``inconclusive``, ``underpowered``, ``untested``)."""
         return {c.id: c.verdict for c in self.claims}
 
     def confirmed(self) -> list[str]:
         return [c.id for c in self.claims if c.verdict == CONFIRMED]
+
+    def __repr__(self) -> str:
+        st = self.settings
+        counts: dict[str, int] = {}
+        for c in self.claims:
+            counts[c.verdict_kind] = counts.get(c.verdict_kind, 0) + 1
+        lines = [f"ValidationReport({st.get('model', 'model')}, {st.get('n_examples')} examples, profile "
+                 f"{st.get('profile', '?')}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"]
+        for c in self.claims[:30]:
+            v = c.verdict if len(c.verdict) <= 60 else c.verdict[:59] + "…"
+            lines.append(f"  {c.id[:44]:<44} {v}")
+        if len(self.claims) > 30:
+            lines.append(f"  … {len(self.claims) - 30} more")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The verdict table for notebooks (the full page: :meth:`save`)."""
+        from mechattr.report.html import verdict_html
+
+        return verdict_html(self)
 
     def summary_frame(self) -> Any:
         """One row per claim: kind, source, verdict, tests confirmed / run, main numbers."""
@@ -70,7 +93,7 @@ class ValidationReport:
             rows.append({
                 "claim": c.id, "kind": c.kind, "source": c.source, "verdict": c.verdict,
                 "tests": f"{sum(t.confirmed for t in c.tests)}/{len(c.tests)}",
-                "numbers": "; ".join(f"{t.test}: {t.effect:.4g} vs {t.threshold:.4g}" for t in c.tests),
+                "numbers": c.reason or "; ".join(f"{t.test}: {t.effect:.4g} vs {t.threshold:.4g}" for t in c.tests),
             })
         return pd.DataFrame(rows, columns=["claim", "kind", "source", "verdict", "tests", "numbers"])
 

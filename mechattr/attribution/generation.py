@@ -2,8 +2,14 @@
 
 The ``[n_generated, n_context]`` matrix (as Inseq): row ``i`` scores the tokens at positions
 ``0 .. P+i−1`` for the target "log-prob (or prob, logit) of generated token ``i``". All steps
-run as rows of one batch: row ``i`` is the full sequence with its target read at position
+are rows of one batch: row ``i`` is the full sequence with its target read at position
 ``P+i−1`` (causal attention makes later positions irrelevant: they score exactly 0).
+
+The rows share their input, so the path engine (:mod:`mechattr.attribution.paths`) runs each
+path point ONCE for all N steps and separates their gradients in one batched backward over
+the N one-hot output cotangents (``torch.autograd.grad(..., is_grads_batched=True)``): one
+forward per path point instead of N, and one row's saved activations instead of N. Methods
+whose rows differ (per-row random baselines) fall back to N rows.
 """
 
 from __future__ import annotations
@@ -117,7 +123,8 @@ def attribute_generation(
     ``continuation`` (string or ids, teacher-forced) or ``max_new_tokens`` (greedy decoding).
     Step ``i`` target: ``step_target`` (``"logprob"``, ``"prob"``, ``"logit"``) of generated
     token ``i`` at position ``P+i−1``. The steps are the rows of one batch passed to
-    :func:`attribute_tokens` with ``method`` and ``kwargs`` (baseline, n_steps, …).
+    :func:`attribute_tokens` with ``method`` and ``kwargs`` (baseline, n_steps, max_memory, …);
+    gradient methods share one forward per path point across the steps (module docstring).
     Returns :class:`GenerationAttribution` with ``matrix [n_generated, P + n_generated − 1]``.
     """
     from mechattr.attribution.tokens import attribute_tokens

@@ -9,7 +9,10 @@ AIEG, PS-IG, IG over internal activations) is a weighted sum of gradients taken 
 A schedule (:func:`schedule`) returns the quadrature ``(alphas, weights)``; the engine
 (:func:`path_integral`) takes them precomputed, stacks ``baselines × steps × examples``
 along the batch dimension (variant-major: row ``v·batch + i`` is example ``i``), and runs
-them in chunks of ``batch_size`` rows per forward+backward.
+them in chunks of ``batch_size`` rows per forward+backward — by default as many rows as the
+memory budget allows (:func:`mechattr.runtime.chunks.grad_plan`); when one row does not fit,
+one row at a time with every block after the hook recomputed in the backward (activation
+checkpointing, Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from mechattr.model import model_device, model_guard
 from mechattr.runtime.arch import arch, supports_start_at_layer
 from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import hook_layer
-from mechattr.runtime.chunks import check_batch_size, grad_rows, row_chunks
+from mechattr.runtime.chunks import (
+    check_batch_size,
+    grad_plan,
+    grad_rows,
+    max_rows,
+    n_read_of,
+    row_chunks,
+)
 from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 __all__ = ["SCHEDULES", "ConvergenceWarning", "PathIntegral", "convergence_report", "default_batch_size", "evaluate_at_hook", "hook_layer", "path_integral", "schedule"]
@@ -73,9 +83,9 @@ class PathIntegral:
 
 
 # ------------------------------------------------------------------------------ plumbing
-def default_batch_size(model: Any, n_pos: int) -> int:
-    """Rows per forward+backward (:func:`mechattr.runtime.chunks.grad_rows`)."""
-    return grad_rows(model, n_pos)
+def default_batch_size(model: Any, n_pos: int, n_read: int | None = None) -> int:
+    """Rows per forward+backward within the memory budget (:func:`mechattr.runtime.chunks.grad_rows`)."""
+    return grad_rows(model, n_pos, n_read=n_read)
 
 
 class _Plan:
@@ -128,10 +138,18 @@ class _Plan:
         self.clean_act = store[self.hook_name]
         self.resid = store.get(f"blocks.{self.start}.hook_resid_pre")
 
-    def run(self, act: Tensor, ex: Tensor, target: Callable, n_examples: int | None) -> Tensor:
-        """F on rows whose activation at the hook is ``act``; ``ex [rows]`` = example of each row."""
+    @property
+    def can_checkpoint(self) -> bool:
+        """Whether the blocks after the hook can run one at a time (``start_at_layer``)."""
+        return supports_start_at_layer(self.model) and arch(self.model).positional != "shortformer"
+
+    def run(self, act: Tensor, ex: Tensor, target: Callable, n_examples: int | None, checkpoint: bool = False) -> Tensor:
+        """F on rows whose activation at the hook is ``act``; ``ex [rows]`` = example of each row.
+        ``checkpoint``: recompute each later block in the backward instead of keeping its tensors."""
         mask = None if self.mask is None else self.mask[ex]
         t = target.take(ex) if isinstance(target, Target) else target
+        if checkpoint:
+            return self._run_checkpointed(act, ex, t, mask, n_examples)
         last = self.last_block and isinstance(t, Target)
         if self.direct and not last:
             return run_target(self.model, act, t, attention_mask=mask, start_at_layer=self.start, n_examples=n_examples)
@@ -145,6 +163,31 @@ class _Plan:
             if last:
                 return self._last_block_target(act if self.direct else inp, t, mask)
             return run_target(self.model, inp, t, attention_mask=mask, start_at_layer=self.start, n_examples=n_examples)
+
+    def _run_checkpointed(self, act: Tensor, ex: Tensor, t: Callable, mask: Tensor | None, n_examples: int | None) -> Tensor:
+        """The forward as segments: up to the end of the hook's block with the replacing hook
+        (kept), then every later block under ``torch.utils.checkpoint`` (recomputed in the
+        backward; only the residual at each boundary stays alive), then the readout."""
+        from torch.utils.checkpoint import checkpoint
+
+        model, L = self.model, self.model.cfg.n_layers
+        kw: dict[str, Any] = {} if mask is None else {"attention_mask": mask}
+        layer = hook_layer(self.hook_name)
+        first = 0 if layer is None else layer + 1
+        if self.direct:
+            resid = act
+            first = self.start
+        else:
+            def put(_: Tensor, hook: Any) -> Tensor:
+                return act
+
+            inp = self.tokens[ex] if self.start is None else self.resid[ex]
+            extra = {} if self.start is None else {"start_at_layer": self.start}
+            with model.hooks(fwd_hooks=[(self.hook_name, put)]):
+                resid = model(inp, stop_at_layer=first, **extra, **kw)
+        for k in range(first, L):
+            resid = checkpoint(lambda r, k=k: model(r, start_at_layer=k, stop_at_layer=k + 1, **kw), resid, use_reentrant=False)
+        return run_target(model, resid, t, attention_mask=mask, start_at_layer=L, n_examples=n_examples)
 
     def _last_block_target(self, inp: Tensor, t: Target, mask: Tensor | None) -> Tensor:
         """Blocks up to the last, then the last block only at the target's positions
@@ -251,34 +294,25 @@ def path_integral(
         S = al.shape[1]
         lo, hi = _clip_bounds(grad_clip)
         plain = not isinstance(target, Target)
-        size = batch_size or default_batch_size(model, toks.shape[1])
+        shared = _shared_path(toks, mask, x, b, al, wt, target)
+        n_read = n_read_of(target) if not shared else n * n_read_of(target)
+        if with_grad:
+            fan = n if shared else 1
+            gp = grad_plan(model, toks.shape[1], n_read=n_read, batch_size=batch_size, can_checkpoint=plan.can_checkpoint and not shared, fan_out=fan)
+            size, ck = (max(1, gp.rows // fan) if batch_size else gp.rows), gp.checkpoint
+        else:
+            size, ck = max_rows(model, toks.shape[1], batch_size, dev, n_read=n_read), False
         if plain:  # a plain callable sees whole batches of examples
             size = max(n, size - size % n)
-        rows = R * S * n
-        r_of = torch.arange(rows, device=dev) // (S * n)
-        s_of = torch.arange(rows, device=dev) // n % S
-        e_of = torch.arange(rows, device=dev) % n
         G = torch.zeros((R, n, *x.shape[1:]), dtype=torch.float32, device=dev)
         f_path = torch.zeros(R, S, n, dtype=torch.float32, device=dev)
         xf, bf = x.float(), b.float()
-        for sl in row_chunks(rows, size):
-            r, s, e = r_of[sl], s_of[sl], e_of[sl]
-            a_ = al[r, s, e].float().view(-1, *([1] * (x.ndim - 1)))
-            act = (bf[r, e] + a_ * (xf[e] - bf[r, e])).to(x.dtype)
-            with torch.enable_grad():
-                act.requires_grad_(with_grad)
-                f = plan.run(act, e, target, n if plain else None).float()
-                check_finite(f, "target along the path")
-                if with_grad:
-                    (g,) = torch.autograd.grad(f.sum(), act)
-            f_path[r, s, e] = f.detach()
-            if with_grad:
-                g = g.float()
-                if lo is not None:
-                    g = g.clamp(lo, hi)
-                G.index_put_((r, e), g * wt[r, s, e].float().view_as(a_), accumulate=True)
+        if shared:
+            _shared_loop(plan, target, xf, bf, al, wt, G, f_path, size, with_grad, (lo, hi), x.dtype)
+        else:
+            _row_loop(plan, target, xf, bf, al, wt, G, f_path, size, with_grad, (lo, hi), x.dtype, ck)
         ends = torch.cat([x[None], b])
-        f_ends = _evaluate(plan, target, lambda v, e: ends[v, e], R + 1, size)
+        f_ends = _evaluate(plan, target, lambda v, e: ends[v, e], R + 1, size, shared)
         check_finite(f_ends, "target at the input/baseline")
         A = (xf - bf) * G
         return PathIntegral(
@@ -288,6 +322,98 @@ def path_integral(
             f_path=f_path, alphas=al.float(), weights=wt.float(),
         )
 
+
+
+def _row_loop(plan: _Plan, target: Callable, xf: Tensor, bf: Tensor, al: Tensor, wt: Tensor, G: Tensor, f_path: Tensor,
+              size: int, with_grad: bool, clip: tuple, dtype: torch.dtype, ck: bool) -> None:
+    """Rows ``(r, s, e)`` (variant-major), ``size`` per forward+backward; accumulates into ``G``/``f_path``."""
+    R, S, n = al.shape
+    dev = G.device
+    plain = not isinstance(target, Target)
+    rows = R * S * n
+    r_of = torch.arange(rows, device=dev) // (S * n)
+    s_of = torch.arange(rows, device=dev) // n % S
+    e_of = torch.arange(rows, device=dev) % n
+    for sl in row_chunks(rows, size):
+        r, s, e = r_of[sl], s_of[sl], e_of[sl]
+        a_ = al[r, s, e].float().view(-1, *([1] * (xf.ndim - 1)))
+        act = (bf[r, e] + a_ * (xf[e] - bf[r, e])).to(dtype)
+        with torch.enable_grad():
+            act.requires_grad_(with_grad)
+            f = plan.run(act, e, target, n if plain else None, ck).float()
+            check_finite(f, "target along the path")
+            if with_grad:
+                (g,) = torch.autograd.grad(f.sum(), act)
+        f_path[r, s, e] = f.detach()
+        if with_grad:
+            g = g.float()
+            if clip[0] is not None:
+                g = g.clamp(*clip)
+            G.index_put_((r, e), g * wt[r, s, e].float().view_as(a_), accumulate=True)
+
+
+def _shared_path(toks: Tensor, mask: Tensor | None, x: Tensor, b: Tensor, al: Tensor, wt: Tensor, target: Callable) -> bool:
+    """Whether all examples walk the same path (same tokens, mask, activation, baselines and
+    schedule) and differ only in what a :class:`Target` reads — e.g. the steps of a generation."""
+    def same(t: Tensor | None, dim: int) -> bool:
+        return t is None or bool((t == t.narrow(dim, 0, 1)).all())
+
+    return (toks.shape[0] > 1 and isinstance(target, Target) and same(toks, 0) and same(mask, 0) and same(x, 0)
+            and same(b, 1) and same(al, 2) and same(wt, 2))
+
+
+def _shared_loop(plan: _Plan, target: Target, xf: Tensor, bf: Tensor, al: Tensor, wt: Tensor, G: Tensor, f_path: Tensor,
+                 size: int, with_grad: bool, clip: tuple, dtype: torch.dtype) -> None:
+    """One forward per path point ``(r, s)`` for all ``n`` examples' targets (:class:`_FanOut`),
+    and their ``n`` gradients from one batched backward (``is_grads_batched``: a vmap over the
+    one-hot cotangents of the ``[rows, n]`` outputs). Same sums as :func:`_row_loop`."""
+    R, S, n = al.shape
+    dev = G.device
+    pts = torch.arange(R * S, device=dev)
+    fan, ex = _FanOut(target, n), torch.arange(n, device=dev)
+    for sl in row_chunks(R * S, size):
+        r, s = pts[sl] // S, pts[sl] % S
+        k = r.shape[0]
+        a_ = al[r, s, 0].float().view(-1, *([1] * (xf.ndim - 1)))
+        act = (bf[r, 0] + a_ * (xf[0] - bf[r, 0])).to(dtype)
+        zero = torch.zeros(k, dtype=torch.long, device=dev)
+        with torch.enable_grad():
+            act.requires_grad_(with_grad)
+            f = plan.run(act, zero, fan, None).float().view(k, n)
+            check_finite(f, "target along the path")
+            if with_grad:
+                eye = torch.eye(n, device=dev, dtype=f.dtype)[:, None, :].expand(n, k, n)
+                (g,) = torch.autograd.grad(f, act, eye, is_grads_batched=True)  # [n, k, *act]
+        f_path[r, s] = f.detach()
+        if with_grad:
+            g = g.float().transpose(0, 1)  # [k, n, *act]
+            if clip[0] is not None:
+                g = g.clamp(*clip)
+            w = wt[r, s].float().view(k, n, *([1] * (xf.ndim - 1)))
+            G.index_put_((r[:, None].expand(k, n), ex[None].expand(k, n)), g * w, accumulate=True)
+
+
+class _FanOut(Target):
+    """The targets of ``n`` examples read from every row of one shared forward, flat
+    ``[rows·n]`` (entry ``r·n + i``: example ``i``'s target on row ``r``'s logits)."""
+
+    def __init__(self, inner: Target, n: int) -> None:
+        super().__init__(-1)
+        self.inner, self.n = inner, n
+        self.k = n * inner.k
+
+    def take(self, rows: Tensor) -> _FanOut:
+        return self
+
+    def positions(self, batch: int, n_pos: int, attention_mask: Tensor | None = None, device: Any = "cpu") -> Tensor:
+        m = None if attention_mask is None else attention_mask[:1].expand(self.n, -1)
+        idx = self.inner.positions(self.n, n_pos, m, device)  # [n, k_inner]
+        return idx.reshape(1, -1).expand(batch, -1)
+
+    def from_selected(self, logits: Tensor) -> Tensor:
+        b = logits.shape[0]
+        t = self.inner.take(torch.arange(self.n, device=logits.device).repeat(b))
+        return t.from_selected(logits.reshape(b * self.n, -1, logits.shape[-1]))
 
 def _clip_bounds(grad_clip: Any) -> tuple[float | None, float | None]:
     if grad_clip is None:
@@ -304,9 +430,16 @@ def _clip_bounds(grad_clip: Any) -> tuple[float | None, float | None]:
     return lo, hi
 
 
-def _evaluate(plan: _Plan, target: Callable, make_act: Callable[[Tensor, Tensor], Tensor], n_variants: int, size: int) -> Tensor:
-    """F for ``n_variants × batch`` rows (variant-major) whose activation is ``make_act(v, e)``."""
+def _evaluate(plan: _Plan, target: Callable, make_act: Callable[[Tensor, Tensor], Tensor], n_variants: int, size: int, shared: bool = False) -> Tensor:
+    """F for ``n_variants × batch`` rows (variant-major) whose activation is ``make_act(v, e)``;
+    ``shared``: every example has the same input, so one row per variant reads all targets."""
     n = plan.tokens.shape[0]
+    if shared:
+        v = torch.arange(n_variants, device=plan.tokens.device)
+        zero = torch.zeros_like(v)
+        with torch.no_grad():
+            return torch.cat([plan.run(make_act(v[sl], zero[sl]), zero[sl], _FanOut(target, n), None).float().view(-1, n)
+                              for sl in row_chunks(n_variants, size)])
     plain = not isinstance(target, Target)
     if plain:
         size = max(n, size - size % n)
@@ -346,6 +479,6 @@ def evaluate_at_hook(
         plan = _Plan(model, batch.tokens, batch.attention_mask, hook_name)
         plan.capture()
         x = plan.clean_act
-        size = batch_size or default_batch_size(model, batch.tokens.shape[1])
+        size = batch_size or default_batch_size(model, batch.tokens.shape[1], n_read_of(target))
         vals = _evaluate(plan, target, lambda v, e: make_act(x[e], v, e), n_variants, size)
         return check_finite(vals, "target")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from mechattr.inputs import Batch, prepare_tokens
 from mechattr.model import model_guard
 from mechattr.registry import Registry
 from mechattr.runtime.chunks import check_batch_size
+from mechattr.runtime.memory import memory_budget
 from mechattr.targets import Target, check_target_rows, last_positions
 
 
@@ -178,6 +180,7 @@ def attribute_tokens(
     exclude_tokens: Any = None,
     segments: Any = None,
     target_pos: Any = None,
+    max_memory: Any = None,
     **method_kwargs: Any,
 ):
     """Score each input token for ``target``: ``TokenAttribution.scores [batch, pos]``.
@@ -194,6 +197,9 @@ def attribute_tokens(
     scores; root-sum-square for ``"l2"``; occlusion removes a span at once).
     ``target_pos``: where ``attention``/``aieg``/``rollout``/``flow`` read attention (default:
     the target's first position, or the last real token for plain callables).
+    ``max_memory``: working-memory budget for the chunks (bytes or ``"2GB"``; default: the
+    ``mechattr.memory_budget(...)`` in force, else a fraction of free memory; see
+    :mod:`mechattr.runtime.memory`); ``batch_size`` overrides it.
     Methods: :func:`method_names`; their options in their docstrings.
     """
     from mechattr.attribution.result import TokenAttribution, span_masks
@@ -210,7 +216,8 @@ def attribute_tokens(
     if reduction is not None and not spec.per_dim:
         raise ValueError(f"method {method!r} gives one score per token; reduction={reduction!r} does not apply (use None)")
     red = (reduction or spec.reduction) if spec.per_dim else None
-    with model_guard(model):
+    budget = nullcontext() if max_memory is None else memory_budget(max_memory)  # checks max_memory
+    with model_guard(model), budget:
         batch = prepare_tokens(model, tokens, attention_mask)
         check_target_rows(target, batch.shape[0])
         real, excl = _exclusions(model, batch, exclude_bos, exclude_tokens)

@@ -1,21 +1,37 @@
 """The one chunking policy: how many rows one forward (or forward + backward) takes.
 
-``batch_size`` given by the user always wins (validated here). Otherwise forward-only
-engines (:func:`max_rows`) take cache-sized chunks on CPU — ``rows · pos · max(d_model,
-d_mlp)`` within ``CPU_CHUNK_FLOATS`` floats (on the benchmark model 32-row chunks ran
-15–20 % faster than 64 or 2048) — and ``DEFAULT_MAX_ROWS`` on an accelerator; gradient
-engines (:func:`grad_rows`) size chunks from an activation-memory estimate.
+``batch_size`` given by the user always wins (validated here). Otherwise rows are planned
+from a byte budget (:mod:`mechattr.runtime.memory`: ``max_memory=``, the innermost
+``with memory_budget(...)``, else a fraction of the device's free memory) divided by the
+estimated bytes of one row (:func:`mechattr.runtime.memory.row_bytes`, from the model's
+shapes: layers, widths, attention patterns ``n_heads·pos²``, the unembedding only at the
+positions the target reads).
+
+* Forward-only engines (:func:`max_rows`): on CPU additionally cache-sized — ``rows · pos ·
+  max(d_model, d_mlp)`` within ``CPU_CHUNK_FLOATS`` floats (on the benchmark model 32-row
+  chunks ran 15–20 % faster than 64 or 2048) — and at most ``DEFAULT_MAX_ROWS`` elsewhere.
+* Gradient engines (:func:`grad_plan`): as many rows as the budget allows, at most
+  ``GRAD_MAX_ROWS``; on CPU at most ``CPU_GRAD_TOKENS`` tokens per chunk (measured:
+  benchmarks/scale.md). When one row does not fit, the plan asks for recomputation
+  (``checkpoint=True``: each block's activations are recomputed in the backward, so only
+  the layer boundaries stay alive); when even that does not fit, a ``ValueError`` names
+  the budget and the need.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from mechattr.runtime.memory import budget_bytes, fmt_bytes, row_bytes
+
 DEFAULT_MAX_ROWS = 2048
+GRAD_MAX_ROWS = 4096
 CPU_CHUNK_FLOATS = 2**19
+CPU_GRAD_TOKENS = 2048
 
 
 def check_batch_size(batch_size: Any) -> None:
@@ -24,35 +40,90 @@ def check_batch_size(batch_size: Any) -> None:
         raise ValueError(f"batch_size must be a positive int (rows per forward pass) or None, got {batch_size!r}")
 
 
-def max_rows(model: Any, n_pos: int, batch_size: int | None, device: torch.device | str) -> int:
-    """Rows per forward: ``batch_size`` when given; else on CPU as many as keep
-    ``rows · n_pos · max(d_model, d_mlp)`` within ``CPU_CHUNK_FLOATS`` (cache-sized
-    chunks), at least 1; else ``DEFAULT_MAX_ROWS``."""
+def n_read_of(target: Any) -> int | None:
+    """Positions a target reads per row (``Target.k``); ``None`` (every position) for a plain callable."""
+    from mechattr.targets import Target
+
+    return int(target.k) if isinstance(target, Target) else None
+
+
+def _device_of(model: Any, device: Any = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):  # pragma: no cover
+        return torch.device("cpu")
+
+
+def _too_big(what: str, need: int, budget: int, source: str) -> ValueError:
+    return ValueError(f"{what} needs about {fmt_bytes(need)} of working memory, more than the memory budget "
+                      f"of {fmt_bytes(budget)} ({source}); raise max_memory= (or the memory_budget(...) in force), "
+                      f"or shorten the input")
+
+
+def max_rows(model: Any, n_pos: int, batch_size: int | None, device: torch.device | str, *, n_read: int | None = 1, max_memory: Any = None) -> int:
+    """Rows per forward (no gradients): ``batch_size`` when given; else as many as the memory
+    budget allows (:func:`~mechattr.runtime.memory.row_bytes` with ``backward=False``,
+    ``n_read`` positions unembedded per row), and on CPU also within ``CPU_CHUNK_FLOATS``
+    (cache-sized), else at most ``DEFAULT_MAX_ROWS``; ≥ 1. ``ValueError`` when a single row
+    exceeds the budget."""
     if batch_size is not None:
         check_batch_size(batch_size)
         return batch_size
-    if torch.device(device).type != "cpu":
-        return DEFAULT_MAX_ROWS
+    dev = torch.device(device)
+    budget, source = budget_bytes(dev, max_memory)
+    need = row_bytes(model, n_pos, backward=False, n_read=n_read)
+    fit = budget // max(need, 1)
+    if fit < 1:
+        raise _too_big(f"one forward row of {n_pos} tokens", need, budget, source)
+    if dev.type != "cpu":
+        return int(min(DEFAULT_MAX_ROWS, fit))
     cfg = getattr(model, "cfg", None)
     width = max(int(getattr(cfg, "d_model", None) or 1), int(getattr(cfg, "d_mlp", None) or 1))
-    return max(1, CPU_CHUNK_FLOATS // (max(1, n_pos) * width))
+    return int(max(1, min(fit, CPU_CHUNK_FLOATS // (max(1, n_pos) * width))))
 
 
-def grad_rows(model: Any, n_pos: int) -> int:
-    """Rows per forward+backward that fit comfortably: ~1 GiB of activations on CPU,
-    a quarter of free memory on CUDA (estimate: 40 floats per layer·pos·d_model, plus the
-    attention patterns)."""
-    cfg = model.cfg
-    per_row = cfg.n_layers * n_pos * (40 * cfg.d_model + 4 * cfg.n_heads * n_pos) * 4 + 4 * n_pos * cfg.d_vocab
-    try:
-        dev = next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        dev = torch.device("cpu")
-    budget = 1 << 30
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        budget = free // 4
-    return int(max(1, min(4096, budget // max(per_row, 1))))
+@dataclass(frozen=True)
+class GradPlan:
+    """Rows per forward+backward, whether blocks are recomputed in the backward, and the
+    budget and per-row estimate the plan came from (bytes)."""
+
+    rows: int
+    checkpoint: bool
+    budget: int
+    row_bytes: int
+    source: str
+
+
+def grad_plan(model: Any, n_pos: int, *, n_read: int | None = None, batch_size: int | None = None,
+              max_memory: Any = None, device: Any = None, can_checkpoint: bool = True, fan_out: int = 1) -> GradPlan:
+    """Plan a gradient engine's chunks: ``batch_size`` rows when given (no recomputation); else
+    ``budget // row_bytes(backward=True)`` rows, within ``GRAD_MAX_ROWS`` and, on CPU,
+    ``CPU_GRAD_TOKENS // n_pos``; when one row does not fit and ``can_checkpoint``, one row at a
+    time with every block recomputed in the backward (if that fits); else ``ValueError``.
+    ``fan_out``: each row's backward runs for that many outputs at once (a batched backward)."""
+    dev = _device_of(model, device)
+    budget, source = budget_bytes(dev, max_memory)
+    need = row_bytes(model, n_pos, backward=True, n_read=n_read, fan_out=fan_out)
+    if batch_size is not None:
+        check_batch_size(batch_size)
+        return GradPlan(batch_size, False, budget, need, source)
+    fit = budget // max(need, 1)
+    if fit >= 1:
+        cap = GRAD_MAX_ROWS if dev.type != "cpu" else max(1, CPU_GRAD_TOKENS // max(1, n_pos))
+        return GradPlan(int(min(fit, cap)), False, budget, need, source)
+    ck = row_bytes(model, n_pos, backward=True, n_read=n_read, checkpoint=True)
+    if can_checkpoint and ck <= budget:
+        return GradPlan(1, True, budget, ck, source)
+    what = f"one forward+backward row of {n_pos} tokens" + (" even with every block recomputed" if can_checkpoint else "")
+    raise _too_big(what, ck if can_checkpoint else need, budget, source)
+
+
+def grad_rows(model: Any, n_pos: int, *, n_read: int | None = None, max_memory: Any = None) -> int:
+    """Rows per forward+backward within the memory budget (:func:`grad_plan`; 1 when a
+    row needs recomputation)."""
+    return grad_plan(model, n_pos, n_read=n_read, max_memory=max_memory).rows
 
 
 def row_chunks(n_rows: int, size: int) -> Iterator[slice]:

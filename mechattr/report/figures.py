@@ -87,7 +87,7 @@ def token_heatmap(scores: Tensor, str_tokens: Sequence[Sequence[str]] | None = N
     for k, rows in enumerate(pages):
         fig.add_trace(go.Heatmap(
             z=s[rows], x=list(range(p)), y=[labels[r] for r in rows], text=[text[r] for r in rows] if text is not None else None,
-            texttemplate="%{text}" if text is not None else None, colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+            texttemplate="%{text}" if text is not None else None, textfont={"size": 11}, colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
             colorbar=_colorbar(zlabel), hovertemplate=hover, visible=k == 0, name=f"rows {rows[0]}–{rows[-1]}" if rows else "",
         ))
     if len(pages) > 1:
@@ -119,7 +119,8 @@ def layer_head_heatmap(scores: Tensor, *, title: str = "heads", zlabel: str = "s
             hovertemplate="L%{y}H%{x}<br>" + html.escape(zlabel) + " %{z:.4g}<extra></extra>",
         )
     )
-    fig.update_layout(title=html.escape(title), xaxis=_int_axis(n_heads, "head"), yaxis=_int_axis(n_layers, "layer") | {"autorange": "reversed"})
+    fig.update_layout(title=html.escape(title), xaxis=_int_axis(n_heads, "head"), yaxis=_int_axis(n_layers, "layer") | {"autorange": "reversed"},
+                      height=min(900, max(300, 160 + 48 * n_layers)))
     return fig
 
 
@@ -141,7 +142,7 @@ def layer_pos_heatmap(scores: Tensor, str_tokens: Sequence[str] | None = None, *
     if xlab is not None and len(xlab) < p:
         xlab += [str(i) for i in range(len(xlab), p)]
     layout: dict[str, Any] = {"title": html.escape(title), "xaxis": _int_axis(p, "position", xlab),
-                              "yaxis": _int_axis(n, "", names) | {"autorange": "reversed"}}
+                              "yaxis": _int_axis(n, "", names) | {"autorange": "reversed"}, "height": min(900, 200 + 32 * n)}
     if p > 24 and xlab is not None:
         layout["width"] = 220 + 40 * p
     fig.update_layout(**layout)

@@ -187,16 +187,24 @@ def test_atp_sees_the_trained_previous_token_heads_only_under_the_key_corruption
     assert min(abs(float(s["key"][h.layer, h.head])) for h in prev) > max(others)
 
 
-def test_atp_stays_blind_to_the_planted_previous_token_head_through_its_saturated_softmax(batches):
-    """A documented limit, not a goal: the planted heads' attention is 1 − O(e^-20) on the
-    match, so the gradient through the induction head's key is ~1e-8 and AtP scores the
-    previous-token head ~0 under both corruptions although patching it moves the logit by
-    ~−G (previous test). AtP is exact for the induction head's own output."""
+def test_planted_previous_token_head_is_seen_by_denoising_atp_under_the_key_corruption_only(batches):
+    """Noising AtP (gradient at the clean run) cannot see the planted previous-token head under
+    either corruption: the clean attention is 1 − O(e^-20) on the match, so the gradient through
+    the induction head's key is ~1e-8. Denoising AtP (gradient at the corrupted run, where under
+    the key corruption the induction head has lost its match and attends uniformly) scores it
+    well above 0 under the key corruption and exactly 0 under the value corruption, where the
+    key the induction head matches is untouched. The induction head itself is ±G either way."""
     b, m = batches["planted_induction"], organisms.load("planted_induction")
     (prev,), (ind,) = card_heads("planted_induction", "previous_token"), card_heads("planted_induction", "induction")
-    for c in b.corruptions.values():
-        s = mechattr.attribute_heads(m, b.tokens, b.target, corrupted=c)
-        assert abs(float(s[prev.layer, prev.head])) < 1e-6 * abs(float(s[ind.layer, ind.head]))
+    for k, c in b.corruptions.items():
+        noising = mechattr.attribute_heads(m, b.tokens, b.target, corrupted=c)
+        denoising = mechattr.attribute_heads(m, c, b.target, corrupted=b.tokens)
+        assert abs(float(noising[prev.layer, prev.head])) < 1e-6 * abs(float(noising[ind.layer, ind.head])), k
+        assert float(denoising[ind.layer, ind.head]) > 0.9 * GAIN, k
+        if k == "value":
+            assert float(denoising[prev.layer, prev.head]) == 0.0
+        else:
+            assert float(denoising[prev.layer, prev.head]) > 0.5 * GAIN
 
 
 @pytest.mark.parametrize("name", NAMES)

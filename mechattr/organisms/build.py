@@ -54,10 +54,11 @@ NOTES = {
     "safetensors equal the construction exactly. Residual layout: TOK [0, 64), POS [64, 88), "
     "PREV [88, 152), OUT [152, 216). Heads other than the two named are exactly zero. Under the key corruption "
     "patching L0H1 alone moves the answer logit by -G(1 - 1/24) = -9.583 exactly (the induction head loses its match "
-    "and attends uniformly), but attribution patching (AtP) scores L0H1 ~1e-14: both softmaxes are saturated "
-    "(attention 1 - 5e-8 on the match), so the gradient through the induction head's key vanishes. Use patching, not "
-    "AtP, to see this previous-token head; on the trained induction organism AtP does see L0H1/L0H3 under the key "
-    "corruption.",
+    "and attends uniformly), but noising attribution patching (AtP, gradient at the clean run) scores L0H1 ~1e-14: the "
+    "clean softmaxes are saturated (attention 1 - 5e-8 on the match), so the gradient through the induction head's key "
+    "vanishes. Denoising AtP (gradient at the key-corrupted run, where the induction head attends uniformly) scores "
+    "L0H1 +7.99 (exact +9.583); under the value corruption both are exactly 0. On the trained induction organism "
+    "noising AtP already sees L0H1/L0H3 under the key corruption.",
     "planted_mlp": "Weights written by mechattr.organisms.planted_mlp.build_planted_mlp; the shipped "
     "safetensors equal the construction exactly. Residual layout: TOK [0, 11), POS [11, 19), PREV [19, 30), "
     "MID [30, 41), OUT [41, 52). L0H2 copies the previous token into PREV; MLP0 has one unit per digit pair "

@@ -49,6 +49,34 @@ def test_deeplift_summation_to_delta_is_exact_when_every_nonlinearity_has_the_ru
     assert (ixg.scores.sum(-1) - gap).abs().max() > 10 * 2e-5  # the rule is what makes it exact
 
 
+def test_deeplift_gated_mlp_rescales_the_activation_and_takes_the_gradient_of_the_product():
+    """Gated MLP ``post = σ(gate) · lin``, one layer, one position, no LayerNorm, a logit target:
+    everything after ``post`` is linear, σ has the rule and the product the gradient at the
+    input, so the summation error is exactly the product's second-order term:
+    ``(lin·Δσ + σ·Δlin) − Δ(σ·lin) = Δσ·Δlin`` (σ, lin at the input), weighted by ``∂F/∂post``."""
+    m = make_model(seed=21, n_layers=1, gated_mlp=True, act_fn="silu", normalization_type=None)
+    toks, t = TOKS[:, :1], targets.logit(IDS)
+    runs = {}
+    for name, emb in (("x", embed_tokens(m, toks)), ("b", torch.zeros(2, 1, m.cfg.d_model))):
+        st = {}
+
+        def keep(a, hook, st=st):
+            st[hook.name.split(".")[-1]] = a
+
+        hooks = [("hook_embed", lambda a, hook, e=emb: e)] + [(f"blocks.0.mlp.{h}", keep) for h in ("hook_pre", "hook_pre_linear", "hook_post")]
+        with m.hooks(fwd_hooks=hooks):
+            f = m(toks)[:, -1, :].gather(-1, IDS[:, None])[:, 0]
+        st["g_post"] = torch.autograd.grad(f.sum(), st["hook_post"])[0]
+        runs[name] = {k: v.detach() for k, v in st.items()}
+    x, b = runs["x"], runs["b"]
+    d_act = F.silu(x["hook_pre"]) - F.silu(b["hook_pre"])
+    expected = (x["g_post"] * d_act * (x["hook_pre_linear"] - b["hook_pre_linear"])).sum((-1, -2))
+    r = attribute_tokens(m, toks, t, "deeplift")
+    assert r.extras["rescale_layers"].tolist() == [0]
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(r.convergence_delta, expected, atol=2e-5, rtol=1e-4)
+
+
 def _gelu_grad(x):
     return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)
 

@@ -27,16 +27,26 @@ def _positive_int(name: str, v: Any) -> int:
 
 
 def _rescale_hook(site: RescaleSite, live: dict, ref: dict, eps: float) -> Callable:
-    """``hook_post`` → same value, but ``∂post/∂pre = Δpost/Δpre`` (the secant against the
-    reference run) where ``|Δpre| ≥ eps``; the activation's own derivative elsewhere."""
+    """``hook_post`` → same value, but ``∂σ/∂pre = Δσ/Δpre`` (the secant against the reference
+    run) where ``|Δpre| ≥ eps``; the activation's own derivative elsewhere. Gated MLPs
+    (``post = σ(pre) · lin``): the secant on σ, the gradient on the product
+    (``∂post/∂lin = σ(pre)``, ``∂post/∂σ = lin`` at the input)."""
 
     def hook(post: Tensor, hook: Any) -> Tensor:
         pre = live[site.pre]
         d_pre = pre.detach() - ref[site.pre]
-        d_post = post.detach() - ref[site.post]
         small = d_pre.abs() < eps
-        m = torch.where(small, torch.zeros_like(d_pre), d_post / torch.where(small, torch.ones_like(d_pre), d_pre))
-        return torch.where(small, post, post.detach() + (pre - pre.detach()) * m)
+        safe = torch.where(small, torch.ones_like(d_pre), d_pre)
+        if site.linear is None:
+            m = (post.detach() - ref[site.post]) / safe
+            moved = (pre - pre.detach()) * m
+        else:
+            lin = live[site.linear]
+            with torch.no_grad():
+                a = site.act(pre.detach())
+                m = (a - site.act(ref[site.pre])) / safe
+            moved = (pre - pre.detach()) * m * lin.detach() + (lin - lin.detach()) * a
+        return torch.where(small, post, post.detach() + moved)
 
     return hook
 
@@ -51,9 +61,10 @@ def deeplift(ctx: Ctx, eps: float = 1e-6) -> MethodOutput:
     hook_post``, :func:`mechattr.runtime.deeplift.rescale_sites`) gets the rescale multiplier
     ``Δpost/Δpre`` against the baseline run (the secant; the derivative where ``|Δpre| < eps``).
     Every other operation — LayerNorm, the attention softmax, the query·key and pattern·value
-    products, the target's log-softmax — gets the gradient at the input, as Captum does for
-    operations it has no rule for (and as DeepLIFT does for linear maps, where it is exact).
-    Gated MLPs, SoLU and MoE layers have no elementwise activation at hooks: gradient.
+    products, the gate·linear product of gated MLPs (whose σ gets the rule), the target's
+    log-softmax — gets the gradient at the input, as Captum does for operations it has no rule
+    for (and as DeepLIFT does for linear maps, where it is exact). SoLU and MoE MLPs have no
+    elementwise activation at hooks: gradient there.
 
     Summation-to-delta ``Σ scores = F(x) − F(x')`` holds exactly when every nonlinearity has
     the rule (e.g. one position, no LayerNorm, a logit target); ``convergence_delta [batch]``
@@ -93,7 +104,9 @@ def deeplift(ctx: Ctx, eps: float = 1e-6) -> MethodOutput:
         with torch.no_grad(), hooked(model, [("hook_embed", lambda a, hook, v=b[e]: v), *cached]):
             f_b[sl] = check_finite(run_target(model, toks, t, attention_mask=m).float(), "target at the baseline")
         emb = x[e].detach().clone().requires_grad_(True)
-        rules = [(s.pre, keep(s.pre, live, False)) for s in sites] + [(s.post, _rescale_hook(s, live, ref, float(eps))) for s in sites]
+        rules = [(s.pre, keep(s.pre, live, False)) for s in sites]
+        rules += [(s.linear, keep(s.linear, live, False)) for s in sites if s.linear is not None]
+        rules += [(s.post, _rescale_hook(s, live, ref, float(eps))) for s in sites]
         with torch.enable_grad(), hooked(model, [("hook_embed", lambda a, hook, v=emb: v), *rules]):
             f = check_finite(run_target(model, toks, t, attention_mask=m).float(), "target at the input")
             (g,) = torch.autograd.grad(f.sum(), emb)

@@ -233,24 +233,31 @@ def weighted_linear_fit(X: Tensor, y: Tensor, w: Tensor, alpha: float = 0.0, max
     if alpha == 0:
         s = wn.sqrt()
         return torch.linalg.lstsq(Xc * s[:, None], (yc * s)[:, None], driver="gelsd").solution[:, 0]
-    beta = torch.zeros(X.shape[1], dtype=torch.float64)
-    z = (wn[:, None] * Xc * Xc).sum(0)
-    r = yc.clone()
+    # covariance-form coordinate descent on G = Xcᵀ W Xc, c = Xcᵀ W yc (python floats: M is small)
+    G = (Xc.T * wn) @ Xc
+    c = ((Xc.T * wn) @ yc).tolist()
+    Gl = G.tolist()
+    M = X.shape[1]
+    beta = [0.0] * M
+    Gb = [0.0] * M  # G @ beta
     for _ in range(max_iter):
         biggest = 0.0
-        for j in range(X.shape[1]):
-            if z[j] == 0:
+        for j in range(M):
+            z = Gl[j][j]
+            if z <= 0.0:
                 continue
-            rho = (wn * Xc[:, j] * (r + Xc[:, j] * beta[j])).sum()
-            new = torch.sign(rho) * (rho.abs() - alpha).clamp_min(0) / z[j]
-            d = float(new - beta[j])
+            rho = c[j] - Gb[j] + z * beta[j]
+            new = (rho - alpha if rho > alpha else rho + alpha if rho < -alpha else 0.0) / z
+            d = new - beta[j]
             if d != 0.0:
-                r -= Xc[:, j] * d
                 beta[j] = new
+                Gj = Gl[j]
+                for k in range(M):
+                    Gb[k] += Gj[k] * d
                 biggest = max(biggest, abs(d))
         if biggest < tol:
             break
-    return beta
+    return torch.tensor(beta, dtype=torch.float64)
 
 
 def _fit_rows(ctx: Ctx, masks: Tensor, rows: list[Tensor], samples: list[Tensor], weights: list[Tensor], values: Any, alpha: float) -> tuple[Tensor, Tensor, Tensor]:

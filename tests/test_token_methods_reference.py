@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model, requires_hooked
+from conftest import hooked_side, make_model, requires_hooked
 from torch import nn
 
 from mechattr import targets
@@ -283,3 +283,27 @@ def test_gradient_shap_options_are_checked():
                     ({"n_samples": 2, "n_references": 2, "draws": {"alpha": torch.rand(2, 2), "index": torch.full((2, 2), 5)}}, "index")]:
         with pytest.raises(ValueError, match=msg):
             attribute_tokens(m, TOKS, t, "gradient_shap", **kw)
+
+
+# ------------------------------------------------------------------------------ both model kinds
+PARITY = {"deeplift": {}, "gradient_shap": {"n_samples": 4, "seed": 0, "stdevs": 0.02},
+          "dig": {"n_steps": 5}, "udig": {"n_steps": 5}, "sig": {"n_steps": 3}}
+
+
+@pytest.mark.parametrize("method", list(PARITY))
+def test_same_numbers_on_a_hooked_transformer_and_its_bridge(hf_pair, unchanged, method):
+    """The tiny GPT-2 (gelu_new; on the bridge the activation is HF's module) as a
+    HookedTransformer and as a TransformerBridge: the rescale sites, paths and draws agree."""
+    ht, br = hf_pair
+    toks = torch.tensor([[1, 5, 9, 12, 7, 30], [1, 33, 4, 18, 25, 6]])
+    t = targets.logit_diff(5, 6)
+    with unchanged(br):
+        b = attribute_tokens(br, toks, t, method, **PARITY[method])
+    assert torch.isfinite(b.scores).all() and (b.scores[:, 1:] != 0).any()
+    if method == "deeplift":
+        assert b.extras["rescale_layers"].tolist() == [0, 1]
+    hooked_side(ht)
+    with unchanged(ht):
+        a = attribute_tokens(ht, toks, t, method, **PARITY[method])
+    torch.testing.assert_close(a.scores, b.scores, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(a.convergence_delta, b.convergence_delta, atol=2e-4, rtol=2e-4)

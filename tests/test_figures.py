@@ -64,6 +64,7 @@ def test_token_heatmap_shows_target_words_escaped_and_wide_rows_stay_readable():
     assert list(fig.data[0].y) == ["ex 0 → Mary", "ex 1 → &lt;b&gt;John&lt;/b&gt;"]
     assert fig.data[0].text[0][0] == "&lt;bos&gt;"
     assert fig.layout.width >= 40 * figures.CELL_PX  # cells keep their width; the figure scrolls
+    assert figures.token_heatmap(torch.randn(1, figures.WIDE_POS), [["a"] * figures.WIDE_POS]).layout.width is None  # fits the page
     with pytest.raises(ValueError, match="target_words has 1 entries for 2 rows"):
         figures.token_heatmap(torch.randn(2, 40), strs, target_words=["Mary"])
     with pytest.raises(ValueError, match="page_rows"):

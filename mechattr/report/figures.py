@@ -31,6 +31,7 @@ def _np(x: Any):
 
 PAGE_ROWS = 8  # token heatmap rows per slider page
 CELL_PX = 56  # width of one token cell, so token labels stay readable (wide figures scroll)
+WIDE_POS = 24  # positions that fit a ~1200 px page at a readable cell width; longer rows get a fixed, wider figure
 
 
 def _colorbar(zlabel: str) -> dict:
@@ -63,8 +64,8 @@ def token_heatmap(scores: Tensor, str_tokens: Sequence[Sequence[str]] | None = N
 
     Rows are paged ``page_rows`` at a time with a slider (one trace per page, one shared
     colour scale), so every example is reachable; positions are integer ticks; cells are
-    ``CELL_PX`` wide once there are many tokens (the figure then scrolls instead of squeezing
-    the labels). ``zlabel`` titles the colour bar (say the unit, e.g. "Δ logit");
+    ``CELL_PX`` wide beyond ``WIDE_POS`` positions (the figure then scrolls instead of
+    squeezing the labels). ``zlabel`` titles the colour bar (say the unit, e.g. "Δ logit");
     ``target_words`` (one per row, or one for all) are appended to the row labels as "→ word".
     """
     import plotly.graph_objects as go
@@ -97,7 +98,7 @@ def token_heatmap(scores: Tensor, str_tokens: Sequence[Sequence[str]] | None = N
     shown = len(pages[0]) if n else 1
     layout: dict[str, Any] = {"title": html.escape(title), "xaxis": _int_axis(p, "position"), "yaxis_autorange": "reversed",
                               "height": 160 + 40 * shown + (90 if len(pages) > 1 else 0)}
-    if p > 16:
+    if p > WIDE_POS:  # below this the page width gives every cell enough room
         layout["width"] = 220 + CELL_PX * p
     fig.update_layout(**layout)
     return fig

@@ -48,6 +48,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="analysis option (JSON values), repeatable")
     p.add_argument("--options", help="analysis options as one JSON object (default: none)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per batch (memory stays bounded by it)")
+    p.add_argument("--batches-per-shard", type=int, default=None,
+                   help="batches per Parquet shard (default: 1 for per-example rows, 16 for one row per batch)")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="one local process, or a Ray actor pool (pip install mechattr[ray])")
     p.add_argument("--num-workers", type=int, default=2, help="ray actors (one model replica each; one GPU each when present)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: start a local one)")
@@ -64,7 +66,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     res = sweep(args.model, args.dataset, args.analysis, args.out, options=parse_options(args.option, args.options),
                 batch_size=args.batch_size, engine=args.engine, num_workers=args.num_workers, ray_address=args.ray_address,
-                on_error=args.on_error, device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+                on_error=args.on_error, device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
+                batches_per_shard=args.batches_per_shard)
     for m in res.malformed[:20]:
         print(f"skipped {m}", file=sys.stderr)
     if len(res.malformed) > 20:

@@ -265,7 +265,7 @@ def sweep(
     # the reader thread checks rows with its own tokenizer copy: a Rust tokenizer used from two threads at once can
     # fail ("Already borrowed"); without a copy the rows are read and checked in this thread
     own = _copy(local_model.tokenizer)
-    checker = RowChecker(own or local_model.tokenizer, local_model.cfg.n_ctx, bool(getattr(local_model.cfg, "default_prepend_bos", True)))
+    checker = RowChecker(local_model.tokenizer if own is None else own, local_model.cfg.n_ctx, bool(getattr(local_model.cfg, "default_prepend_bos", True)))
     if on_error == "raise":  # refuse before anything runs: a checking pass of its own
         bad = [ex for ex in iter_examples(dataset, checker=checker, fmt=fmt) if isinstance(ex, Malformed)]
         if bad:

@@ -142,3 +142,16 @@ def test_on_induction_the_copied_token_is_in_the_top3_more_often_than_by_chance(
         s = attribute_tokens(m, tb.tokens, tb.target, meth).scores
         hit = (s.argsort(-1, descending=True)[:, :3] == src[:, None]).any(-1).float().mean()
         assert hit > 2 * chance, (meth, float(hit))
+
+
+def test_hooked_transformer_and_bridge_of_one_checkpoint_give_the_same_maps(hf_pair):
+    from conftest import hooked_side
+
+    h, b = hf_pair
+    h = hooked_side(h)  # the bridge runs the full forward ended at each block, the HookedTransformer one block
+    toks = torch.tensor([[1, 5, 9, 14, 3, 7, 11], [1, 8, 8, 20, 4, 6, 17]])
+    t = targets.logit(torch.tensor([3, 4]))
+    for meth in ("alti", "value_zeroing"):
+        rh, rb = (attribute_tokens(m, toks, t, meth) for m in (h, b))
+        torch.testing.assert_close(rh.extras["mixing"], rb.extras["mixing"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rh.scores, rb.scores, atol=1e-5, rtol=1e-4)

@@ -280,7 +280,8 @@ def test_gradient_shap_options_are_checked():
     for kw, msg in [({"n_samples": 0}, "n_samples"), ({"stdevs": -0.1}, "stdevs"), ({"n_references": 0}, "n_references"),
                     ({"draws": {"alpha": torch.rand(3, 2)}}, "draws"),
                     ({"n_samples": 2, "draws": {"alpha": torch.rand(3, 2), "index": torch.zeros(3, 2, dtype=torch.long)}}, "n_samples=2"),
-                    ({"n_samples": 2, "n_references": 2, "draws": {"alpha": torch.rand(2, 2), "index": torch.full((2, 2), 5)}}, "index")]:
+                    ({"n_samples": 2, "n_references": 2, "draws": {"alpha": torch.rand(2, 2), "index": torch.full((2, 2), 5)}}, "index"),
+                    ({"n_samples": 2, "stdevs": 0.1, "draws": {"alpha": torch.rand(2, 2), "index": torch.zeros(2, 2, dtype=torch.long)}}, "noise")]:
         with pytest.raises(ValueError, match=msg):
             attribute_tokens(m, TOKS, t, "gradient_shap", **kw)
 

@@ -134,6 +134,8 @@ def _draws(ctx: Ctx, n: int, n_ref: int, stdevs: float, draws: Any) -> tuple[Ten
             raise ValueError(f"draws['index'] must be ints in 0..{n_ref - 1} (the baseline distribution's size)")
         if not ((a >= 0) & (a <= 1)).all():
             raise ValueError("draws['alpha'] must lie in [0, 1]")
+        if noise is None and stdevs > 0:
+            raise ValueError(f"stdevs={stdevs} asks for input noise but draws has no 'noise' [n_samples, batch, pos, d_model]; pass it or set stdevs=0")
         if noise is not None:
             noise = torch.as_tensor(noise).float()
             if noise.shape != (n, B, P, D):

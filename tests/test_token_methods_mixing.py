@@ -51,7 +51,12 @@ def _slow_alti_one_layer(m, toks):
     return out
 
 
-def test_alti_equals_a_slow_reference_from_the_weights_on_a_one_layer_model():
+@pytest.mark.parametrize("query_chunk", [None, 1])
+def test_alti_equals_a_slow_reference_from_the_weights_on_a_one_layer_model(query_chunk, monkeypatch):
+    from mechattr.attribution import context_mixing
+
+    if query_chunk is not None:  # one query position per T_q(x_k) block
+        monkeypatch.setattr(context_mixing, "QUERY_CHUNK_FLOATS", query_chunk)
     m = make_model(n_layers=1, seed=3)
     r = attribute_tokens(m, TOKS, targets.logit(IDS), "alti", exclude_bos=False)
     ref = _slow_alti_one_layer(m, TOKS)

@@ -28,6 +28,7 @@ from mechattr.runtime.mixing import (
 )
 
 AGGREGATES = ("rollout", "last")
+QUERY_CHUNK_FLOATS = 2**24  # ALTI: T_q(x_k) built for this many floats of queries at a time
 
 
 def _check_aggregate(aggregate: Any, n_layers: int) -> None:
@@ -123,9 +124,14 @@ def alti(ctx: Ctx, aggregate: Any = "rollout") -> MethodOutput:
     """
     L = ctx.model.cfg.n_layers
     _check_aggregate(aggregate, L)
+    b, P = ctx.tokens.shape
+    step = max(1, QUERY_CHUNK_FLOATS // max(1, b * P * ctx.model.cfg.d_model))
     mats = []
-    for T, y in attention_terms(ctx.model, ctx.tokens, ctx.batch.attention_mask):
-        d = (y[:, :, None, :] - T).abs().sum(-1)  # [b, q, k]
-        c = (y.abs().sum(-1)[:, :, None] - d).clamp_min(0)
+    for terms, y in attention_terms(ctx.model, ctx.tokens, ctx.batch.attention_mask):
+        c = torch.zeros(b, P, P, device=y.device)
+        for q0 in range(0, P, step):
+            qs = slice(q0, min(P, q0 + step))
+            d = (y[:, qs, None, :] - terms(qs)).abs().sum(-1)  # [b, q, k]: ‖y_q − T_q(x_k)‖₁
+            c[:, qs] = (y[:, qs].abs().sum(-1)[:, :, None] - d).clamp_min(0)
         mats.append(_normalize_rows(c * ctx.real.float()[:, None, :]) * _query_rows(ctx))
     return _output(ctx, torch.stack(mats, 1), aggregate)

@@ -104,10 +104,12 @@ def _names(layer: int) -> list[str]:
 
 def attention_terms(
     model: Any, tokens: Tensor, attention_mask: Tensor | None = None
-) -> Iterator[tuple[Float[Tensor, "batch q k d_model"], Float[Tensor, "batch q d_model"]]]:
-    """Per layer, ``(T, y)``: ``T[b, q, k] = T_q(x_k)`` and ``y[b, q] = x_q + attn_out_q``
-    (module docstring), float32, from one clean forward; checks ``Σ_k T_q(x_k) + b_O = y``
-    and raises ``ValueError`` where it fails."""
+) -> Iterator[tuple[Callable[[slice], Tensor], Float[Tensor, "batch q d_model"]]]:
+    """Per layer, ``(terms, y)``: ``terms(qs)`` gives ``T[b, q, k] = T_q(x_k)`` for the query
+    positions ``qs`` (a slice; ``[batch, |qs|, pos, d_model]``, so callers bound the memory of
+    the ``pos × pos × d_model`` tensor) and ``y[b, q] = x_q + attn_out_q`` (module
+    docstring), float32, from one clean forward. Checks ``Σ_k T_q(x_k) + b_O = y`` on these
+    activations and raises ``ValueError`` where it fails."""
     a = arch(model)
     names = [n for layer in range(a.n_layers) for n in _names(layer)]
     missing = [n for n in names if not a.has_hook(n)]
@@ -119,15 +121,13 @@ def attention_terms(
         rtol = max(MIX_RTOL, 4 * torch.finfo(low).eps) if low.is_floating_point else MIX_RTOL
         x, v, pat, out = (acts[n].float() for n in _names(layer))
         attn = model.blocks[layer].attn
-        W_O = attn.W_O.detach().float()  # [n_heads, d_head, d_model]
-        b_O = attn.b_O.detach().float() if getattr(attn, "b_O", None) is not None else torch.zeros(x.shape[-1], device=x.device)
+        W_O = attn.W_O.detach().float().to(x.device)  # [n_heads, d_head, d_model]
+        b_O = attn.b_O.detach().float().to(x.device) if getattr(attn, "b_O", None) is not None else torch.zeros(x.shape[-1], device=x.device)
         if v.shape[2] != pat.shape[1]:  # grouped-query attention: head h reads value head h // group
             v = v.repeat_interleave(pat.shape[1] // v.shape[2], dim=2)
-        vo = torch.einsum("bkhe,hed->bkhd", v, W_O.to(v.device))  # each head's output per value vector
-        T = torch.einsum("bhqk,bkhd->bqkd", pat, vo)
-        T = T + torch.diag_embed(x.transpose(1, 2)).permute(0, 2, 3, 1)  # δ_qk x_k
+        vo = torch.einsum("bkhe,hed->bkhd", v, W_O)  # each head's output per value vector
         y = x + out
-        err = (T.sum(2) + b_O.to(T.device) - y).abs().max()
+        err = (torch.einsum("bhqk,bkhd->bqd", pat, vo) + x + b_O - y).abs().max()
         tol = MIX_ATOL + rtol * y.abs().max()
         if not bool(err <= tol):
             raise ValueError(
@@ -135,7 +135,14 @@ def attention_terms(
                 f"({a.architecture or a.kind}; max error {float(err):.2e}): a norm after the attention or "
                 "value/pattern hooks outside the attention computation; its contributions would be wrong"
             )
-        yield T, y
+
+        def terms(qs: slice, pat: Tensor = pat, vo: Tensor = vo, x: Tensor = x) -> Tensor:
+            T = torch.einsum("bhqk,bkhd->bqkd", pat[:, :, qs], vo)
+            q = torch.arange(x.shape[1], device=x.device)[qs]
+            T[:, torch.arange(q.numel(), device=x.device), q] += x[:, q]  # δ_qk x_k
+            return T
+
+        yield terms, y
 
 
 __all__ = ["attention_terms", "block_output", "can_start_mid_way", "require_value_edits"]

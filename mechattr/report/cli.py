@@ -241,9 +241,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random rankings for token claims (default: the profile's: fast 100, default 200, thorough 500)")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--fast", dest="profile", action="store_const", const="fast",
-                      help="fewer controls (100), mean ablation only, no sanity check or attention flow")
+                      help="profile fast: 100 controls, mean ablation only, no sanity check, attention flow or path patching (default: the default profile)")
     prof.add_argument("--thorough", dest="profile", action="store_const", const="thorough",
-                      help="more controls (500), zero/mean/resample ablation, finer curves")
+                      help="profile thorough: 500 controls, zero/mean/resample ablation, finer curves (default: the default profile)")
     p.set_defaults(profile="default")
     p.add_argument("--min-effect", type=float, default=0.05,
                    help="minimum effect, a fraction of |clean - corrupted| target gap (default 0.05)")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from mechattr.components import Head, all_heads
-from mechattr.faithfulness.metrics import check_count, check_k, top_mask
+from mechattr.faithfulness.metrics import check_count, check_k
 from mechattr.faithfulness.removal import removable_mask, target_read_positions
 from mechattr.inputs import Batch, prepare_pair, prepare_tokens
 from mechattr.io import to_jsonable, versions
@@ -41,18 +41,21 @@ from mechattr.validation.claims import (
     parse_claims,
 )
 from mechattr.validation.components import apply_redundancy, run_components
-from mechattr.validation.links import edge_effects, link_strength
+from mechattr.validation.describe import circuit_claim as _circuit_claim
+from mechattr.validation.describe import profile_words as _profile_words
+from mechattr.validation.describe import target_words as _target_words
+from mechattr.validation.links import run_link_claims
 from mechattr.validation.report import ValidationReport
-from mechattr.validation.stats import ALPHA, bootstrap_ci, holm, mc_pvalue
+from mechattr.validation.stats import ALPHA, holm
 from mechattr.validation.token_maps import run_token_claims
-from mechattr.validation.verdicts import MIN_EXAMPLES, Claim, TestResult, decide
+from mechattr.validation.verdicts import Claim, decide
 
 DEFAULT_METHODS = ("ig", "input_x_gradient", "saliency", "attention")
 ABLATION_MODES = ("zero", "mean", "resample")
 PROFILES: dict[str, dict[str, Any]] = {
     "fast": {"n_draws": 100, "max_head_controls": 100, "answer_draws": 1000, "link_draws": 100, "curve_draws": 1,
              "curve_steps": 5, "modes": ("mean",), "sanity": False, "flow": False, "path_patch": False},
-    "default": {"n_draws": 200, "max_head_controls": 200, "answer_draws": 2000, "link_draws": 100, "curve_draws": 3,
+    "default": {"n_draws": 100, "max_head_controls": 200, "answer_draws": 2000, "link_draws": 100, "curve_draws": 3,
                 "curve_steps": 10, "modes": ("mean",), "sanity": True, "flow": True, "path_patch": True},
     "thorough": {"n_draws": 500, "max_head_controls": 500, "answer_draws": 5000, "link_draws": 200, "curve_draws": 5,
                  "curve_steps": 20, "modes": ("mean", "zero", "resample"), "sanity": True, "flow": True,
@@ -183,7 +186,10 @@ def validate(
     k = check_k(top_k)
     top_heads, top_links = check_count(top_heads, "top_heads", 0), check_count(top_links, "top_links", 0)
     n_ctrl = check_count(prof["max_head_controls"] if max_head_controls is None else max_head_controls, "max_head_controls")
-    n_draws = check_count(prof["n_draws"] if n_draws is None else n_draws, "n_draws", 1)
+    named = dict(methods) if isinstance(methods, dict) else {str(m): m for m in methods}
+    # enough random rankings that the strictest Holm level over the token claims is reachable: (1 + 0) / (1 + n) ≤ α / m
+    need = int(-(-len(named) // ALPHA))
+    n_draws = check_count(max(prof["n_draws"], need) if n_draws is None else n_draws, "n_draws", 1)
     curve_draws = check_count(prof["curve_draws"] if curve_draws is None else curve_draws, "curve_draws", 0)
     curve_steps = prof["curve_steps"] if curve_steps is None else curve_steps
     modes = tuple(prof["modes"] if ablation_modes is None else ablation_modes)
@@ -195,7 +201,6 @@ def validate(
     for name, v in (("min_effect", min_effect), ("claim_floor", claim_floor)):
         if not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
-    named = dict(methods) if isinstance(methods, dict) else {str(m): m for m in methods}
     if not named:
         raise ValueError("methods is empty: pass at least one attribution method")
     steps = _Steps(progress)
@@ -307,28 +312,9 @@ def validate(
         # 3b. links ---------------------------------------------------------------------------------
         if maps and top_links:
             steps.start("token→head links")
-            primary = next(iter(maps))
-            src = top_mask(maps[primary], removable, torch.ones_like(q)).float().argmax(-1)
-            with torch.no_grad():
-                ls = link_strength(model, batch, q, src)
-            rep.heads["links"] = ls
-            order = torch.argsort(ls.flatten(), descending=True, stable=True)
-            rnd = _random_other_positions(removable, src, prof["link_draws"], seed)
-            for i in order[:top_links]:
-                h = heads[int(i)]
-                eff = edge_effects(model, batch, target, h.layer, h.head, q, torch.cat([src[None], rnd]), batch_size=batch_size,
-                                   per_example=True)
-                per, ctrl = eff[0], eff[1:].mean(-1)
-                lo, hi = bootstrap_ci(per, seed=seed) if n >= MIN_EXAMPLES else (None, None)
-                t = TestResult("edge removal (value at the top token → target position)", float(per.mean()),
-                               float(torch.quantile(ctrl.abs().double(), 1 - ALPHA)), int(ctrl.numel()),
-                               bool(per.mean().abs() > torch.quantile(ctrl.abs(), 1 - ALPHA)), [float(x) for x in ctrl[:200]],
-                               "two-sided: |effect| vs |edge removed from random other source tokens|", lo, hi,
-                               mc_pvalue(float(per.mean().abs()), ctrl.abs()), None, "random source tokens", -1, me, True)
-                cl = Claim(f"link:top token({primary})→{h}", "link", {"layer": h.layer, "head": h.head, "method": primary,
-                           "source_positions": src.cpu().tolist()}, note=f"link strength {float(ls.flatten()[i]):.4g}")
-                cl.add(t)
-                rep.claims.append(cl)
+            run_link_claims(model, batch, target, maps, rep, removable=removable, q=q, top_links=top_links,
+                            n_draws=prof["link_draws"], min_effect=me, seed=seed, batch_size=batch_size,
+                            floor=claim_floor)
             steps.stop()
 
         # 3c. circuits ------------------------------------------------------------------------------
@@ -410,55 +396,6 @@ def _family(r: Claim) -> str:
     return "component" if r.kind in ("head", "set") else "tokens" if r.kind == "tokens" else r.kind
 
 
-def _target_words(model: Any, target: Target, batch: Batch) -> list[str]:
-    """The target in words per example (first 8), e.g. ``logit of 't5' at position 23``."""
-    from mechattr.validation.controls import ANSWER_TARGETS, answer_ids
-
-    pos = target.positions(batch.shape[0], batch.shape[1], batch.attention_mask, batch.tokens.device)[:, 0].tolist()
-    words = []
-    for b in range(min(8, batch.shape[0])):
-        if isinstance(target, ANSWER_TARGETS):
-            ids = answer_ids(target)
-            tid = int(ids if ids.ndim == 0 else ids[b])
-            tok = model.to_string(torch.tensor([tid])) if getattr(model, "tokenizer", None) is not None else str(tid)
-            words.append(f"{target.name} of {tok!r} at position {pos[b]}")
-        else:
-            words.append(f"{target.name} at position {pos[b]}")
-    return words
-
-
-def _profile_words(profile: str, n_draws: int, n_ctrl: int, prof: dict, modes: Sequence[str], curve_draws: int, adaptive: bool) -> str:
-    return (f"profile {profile}: up to {n_draws} random rankings for token claims, up to {n_ctrl} matched head sets per "
-            f"claim (or {prof['answer_draws']} random-answer draws when fewer than 20 exist), {prof['link_draws']} random "
-            f"source tokens per link, ablation modes {', '.join(modes)} (first decides), {curve_draws} random curves, "
-            f"sanity check {'on' if prof['sanity'] else 'off'}, attention flow {'on' if prof['flow'] else 'off'}, "
-            f"path patching of every head to the logits {'on' if prof['path_patch'] else 'off'}; "
-            f"controls {'adaptive (stop when decided)' if adaptive else 'all drawn'}")
-
-
-def _circuit_claim(model: Any, batch: Batch, corrupted: torch.Tensor, target: Target, c: CircuitClaim, seed: int,
-                   batch_size: int | None) -> Claim:
-    """Wang et al. 2022 checks of a claimed circuit: confirmed when normalised faithfulness is
-    in [0.8, 1.2] and every node's minimality score is above 0."""
-    from mechattr.circuits.evaluation import evaluate_circuit
-
-    ev = evaluate_circuit(model, list(c.edges), batch.tokens, corrupted, target, completeness=True, seed=seed,
-                          batch_size=batch_size, attention_mask=batch.attention_mask)
-    rec = Claim(c.id, "circuit", {"edges": list(c.edges)}, c.source)
-    rec.add(TestResult("faithfulness (T(C) − T(∅)) / (T(M) − T(∅))", ev.faithfulness, 0.8, 0, bool(0.8 <= ev.faithfulness <= 1.2),
-                       rule="confirmed in [0.8, 1.2]", primary=True))
-    worst = max(ev.completeness.values(), default=0.0)
-    rec.add(TestResult("completeness: max |T(C∖K) − T(M∖K)|", worst, float("nan"), len(ev.completeness), True,
-                       rule="reported (Wang et al. 2022 §4)"))
-    low = min(ev.minimality.values(), default=float("nan"))
-    rec.add(TestResult("minimality: min over nodes of max |T(C∖(K∪{v})) − T(C∖K)|", low, 0.0, len(ev.minimality), low > 0,
-                       rule="every node must matter (> 0)"))
-    f = ev.faithfulness
-    rec.outcome = "confirmed" if (f == f and 0.8 <= f <= 1.2 and low > 0) else "refuted" if (f == f and f < 0.5) else "inconclusive"
-    rec.reason = f"faithfulness {f:.3g}, completeness gap ≤ {worst:.3g}, smallest minimality {low:.3g}"
-    return rec
-
-
 def _graph_json(model: Any, batch: Batch) -> dict[str, Any]:
     """The attention-flow graph of example 0 as JSON: nodes ``[layer, pos, token]``, edges
     ``[layer, k, layer + 1, q, capacity]`` (:func:`mechattr.attention_graph`)."""
@@ -467,12 +404,3 @@ def _graph_json(model: Any, batch: Batch) -> dict[str, Any]:
     g = attention_graph(model, batch.tokens, batch_index=0, attention_mask=batch.attention_mask)
     return {"nodes": [[int(n[0]), int(n[1]), d.get("token")] for n, d in g.nodes(data=True)],
             "edges": [[int(u[0]), int(u[1]), int(v[0]), int(v[1]), float(d.get("capacity", 0.0))] for u, v, d in g.edges(data=True)]}
-
-
-def _random_other_positions(removable: torch.Tensor, src: torch.Tensor, draws: int, seed: int) -> torch.Tensor:
-    """``[draws, batch]`` random removable positions other than ``src`` (``src`` itself if none)."""
-    g = torch.Generator().manual_seed(int(seed) + 3)
-    other = removable.clone()
-    other[torch.arange(len(src)), src] = False
-    w = torch.where(other.any(-1, keepdim=True), other.float(), removable.float()).cpu()
-    return torch.multinomial(w, draws, replacement=True, generator=g).T.to(src.device)

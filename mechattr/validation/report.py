@@ -85,14 +85,14 @@ class ValidationReport:
         return verdict_html(self)
 
     def summary_frame(self) -> Any:
-        """One row per claim: kind, source, verdict, tests confirmed / run, main numbers."""
+        """One row per claim: kind, source, verdict, number of tests, the reason in numbers."""
         import pandas as pd
 
         rows = []
         for c in self.claims:
             rows.append({
                 "claim": c.id, "kind": c.kind, "source": c.source, "verdict": c.verdict,
-                "tests": f"{sum(t.confirmed for t in c.tests)}/{len(c.tests)}",
+                "tests": str(len(c.tests)),
                 "numbers": c.reason or "; ".join(f"{t.test}: {t.effect:.4g} vs {t.threshold:.4g}" for t in c.tests),
             })
         return pd.DataFrame(rows, columns=["claim", "kind", "source", "verdict", "tests", "numbers"])

@@ -69,13 +69,18 @@ def run_token_claims(model: Any, batch: Batch, target: Any, named: dict[str, Any
         steps.stop()
         steps.start(f"faithfulness: {name}")
         results[name] = faithfulness(model, batch, target, maps[name], n_draws=0, seed=seed, **fkw)
-        c = deletion_insertion(model, batch, target, maps[name], n_steps=curve_steps, n_draws=curve_draws, removal=removal,
-                               seed=seed, attention_mask=batch.attention_mask, batch_size=batch_size)
+        # random-ranking curves do not depend on the method: drawn with the first method only, shared
+        shared = next(iter(rep.curves.values()), None)
+        c = deletion_insertion(model, batch, target, maps[name], n_steps=curve_steps, n_draws=0 if shared else curve_draws,
+                               removal=removal, seed=seed, attention_mask=batch.attention_mask, batch_size=batch_size)
         rep.curves[name] = {
             "fractions": c.fractions, "deletion_mean": c.deletion.mean(-1), "insertion_mean": c.insertion.mean(-1),
             "control_deletion_mean": None if c.control_deletion is None else c.control_deletion.mean((0, 2)),
             "control_insertion_mean": None if c.control_insertion is None else c.control_insertion.mean((0, 2)),
             "summary": c.summary()}
+        if shared:
+            rep.curves[name]["control_deletion_mean"] = shared["control_deletion_mean"]
+            rep.curves[name]["control_insertion_mean"] = shared["control_insertion_mean"]
         rep.token_maps[name] = maps[name].cpu()
         steps.stop()
     if warnings:

@@ -27,7 +27,7 @@ def test_same_seed_same_scores_other_seed_other_scores_and_batching_does_not_mat
     c = attribute_tokens(m, TOKS, t, "reagent", seed=2, **FAST)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(a.scores, c.scores)
-    assert a.settings["n_probes"] == 4 and a.extras["proposer"] == "model"
+    assert a.settings["n_probes"] == 4 and a.extras["options"] == dict(n_steps=6, n_probes=4, replace_ratio=0.3, proposer="model", score="prob", keep_top_n=5, stop_top_k=3)
 
 
 def test_scores_are_a_distribution_over_the_attributable_tokens(m):

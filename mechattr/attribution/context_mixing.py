@@ -57,7 +57,7 @@ def _output(ctx: Ctx, mixing: Tensor, aggregate: Any) -> MethodOutput:
     comb = combine(mixing, aggregate)
     rows = torch.arange(comb.shape[0], device=comb.device)
     scores = comb[rows, ctx.target_pos.to(comb.device)]
-    return MethodOutput(scores, extras={"mixing": mixing.cpu(), "combined": comb.cpu()})
+    return MethodOutput(scores, extras={"mixing": mixing.cpu(), "combined": comb.cpu(), "options": {"aggregate": aggregate}})
 
 
 def _query_rows(ctx: Ctx) -> Tensor:

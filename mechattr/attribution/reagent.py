@@ -200,7 +200,9 @@ def reagent(
             done = _evaluate(ctx, x_k[pr, ex], ex, stop_t) > 0.5
             active[pr[done], ex[done]] = False
     per = _softmax(s, allowed)
-    return MethodOutput(per.mean(0), extras={"steps": ran.cpu(), "per_probe": per.cpu(), "proposer": proposer})
+    options = {"n_steps": steps, "n_probes": n_probes, "replace_ratio": replace_ratio, "proposer": proposer, "score": score,
+               "keep_top_n": keep_top_n, "stop_top_k": stop_top_k}
+    return MethodOutput(per.mean(0), extras={"steps": ran.cpu(), "per_probe": per.cpu(), "proposer": proposer, "options": options})
 
 
 def _softmax(s: Tensor, allowed: Tensor) -> Tensor:

@@ -114,3 +114,29 @@ def test_prob_score_needs_a_token_target_and_target_score_takes_any(m):
         attribute_tokens(m, TOKS, lambda lg: lg[:, -1, 0], "reagent", score="target", **FAST)
     p = attribute_tokens(m, TOKS, lambda lg: lg[:, -1, 0], "reagent", score="target", stop_top_k=None, seed=0, **FAST)
     assert torch.isfinite(p.scores).all()
+
+
+def test_one_iteration_equals_the_papers_update_written_out(m):
+    """s₁ = s₀ + logit(½ + ½·d), d = ±(p(x) − p(x̃)) on replaced/kept tokens; score = mean over probes of softmax(s₁).
+    The draws come from the documented per-example streams, in the documented order (start, subset, proposals)."""
+    from mechattr.attribution.baselines import example_generators
+
+    R, seed = 3, 5
+    r = attribute_tokens(m, TOKS, targets.logit(IDS), "reagent", seed=seed, n_steps=1, n_probes=R, stop_top_k=None,
+                         proposer="uniform", exclude_bos=False)
+    gens = example_generators(TOKS, torch.ones_like(TOKS).bool(), seed, salt="reagent")
+    V = m.cfg.d_vocab
+    for i, g in enumerate(gens):
+        x = TOKS[i]
+        s0 = torch.rand(R, x.numel(), generator=g)
+        repl = torch.rand(R, x.numel(), generator=g) < 0.3
+        dist = torch.ones(x.numel(), V).scatter(-1, x[:, None], 0.0)
+        draws = torch.multinomial(dist / dist.sum(-1, keepdim=True), R, replacement=True, generator=g).T
+        xt = torch.where(repl, draws, x[None])
+        with torch.no_grad():
+            p = m(x[None])[0, -1].softmax(-1)[IDS[i]]
+            pt = m(xt)[:, -1].softmax(-1)[:, IDS[i]]
+        d = torch.where(repl, (p - pt)[:, None], -(p - pt)[:, None])
+        s1 = s0 + torch.logit(0.5 + 0.5 * d)
+        torch.testing.assert_close(r.extras["per_probe"][:, i], s1.softmax(-1), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(r.scores[i], s1.softmax(-1).mean(0), atol=1e-5, rtol=1e-4)

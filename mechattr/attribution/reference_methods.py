@@ -67,9 +67,10 @@ def deeplift(ctx: Ctx, eps: float = 1e-6) -> MethodOutput:
     elementwise activation at hooks: gradient there.
 
     Summation-to-delta ``Σ scores = F(x) − F(x')`` holds exactly when every nonlinearity has
-    the rule (e.g. one position, no LayerNorm, a logit target); ``convergence_delta [batch]``
-    reports its error otherwise. One baseline (``baseline``, default the model's), so random
-    specs are refused. Cost: one forward on the baseline and one forward+backward per row,
+    the rule (e.g. one position, no LayerNorm, no gated MLP, a logit target);
+    ``convergence_delta [batch]`` reports its error otherwise. One baseline (``baseline``,
+    default the model's; a random spec gives one seeded draw; a float tensor ``[R, …]`` with
+    R > 1 is refused — use ``gradient_shap`` for a distribution). Cost: one forward on the baseline and one forward+backward per row,
     in chunks of ``batch_size`` examples. Extras: ``rescale_layers`` (layers with the rule).
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:

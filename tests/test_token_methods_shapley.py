@@ -129,12 +129,31 @@ def test_kernel_shap_equals_captum_with_the_same_draws(m):
     assert r.extras["efficiency_gap"].abs().max() < 1e-3  # the 1e6 end-point weights nearly enforce it
 
 
-def test_lime_equals_captum_with_the_same_draws_and_kernel(m):
+def test_lime_on_embeddings_equals_captum_lime_on_the_embedding_input(m):
     from captum.attr import Lime
 
-    r = attribute_tokens(m, TOKS, T, "lime", n_samples=30, seed=2, alpha=0.0)
+    r = attribute_tokens(m, TOKS, T, "lime", n_samples=30, seed=2, alpha=0.0, kernel_on="embeddings")
     for row in range(2):
         torch.testing.assert_close(r.scores[row], _captum(Lime, m, row, 2, 30, interpretable_model=_WLS()), atol=1e-4, rtol=1e-3)
+
+
+def test_lime_on_features_equals_captum_lime_on_the_binary_presence_input(m):
+    """As Captum's LLMAttribution feeds Lime: the input is the 0/1 presence vector (all ones),
+    the baseline zeros, so the cosine kernel is computed on that vector."""
+    from captum.attr import Lime
+
+    r = attribute_tokens(m, TOKS, T, "lime", n_samples=30, seed=4, alpha=0.0)
+    for row in range(2):
+        x = m.W_E[TOKS[row]].detach()
+
+        def f(present, row=row, x=x):
+            return _f(m, present[..., None] * x[None], row)
+
+        torch.manual_seed(4)
+        theirs = Lime(f, interpretable_model=_WLS()).attribute(torch.ones(1, 7), baselines=torch.zeros(1, 7), n_samples=30)
+        torch.testing.assert_close(r.scores[row], theirs[0], atol=1e-4, rtol=1e-3)
+    other = attribute_tokens(m, TOKS, T, "lime", n_samples=30, seed=4, alpha=0.0, kernel_on="embeddings")
+    assert (other.scores - r.scores).abs().max() > 1e-4  # the kernel matters
 
 
 def test_lasso_fit_satisfies_the_kkt_conditions():
@@ -204,3 +223,5 @@ def test_removal_with_baseline_or_plain_callable_is_a_value_error(m):
         attribute_tokens(m, TOKS, lambda lg: lg[:, -1, 0], "lime", removal="delete")
     with pytest.raises(ValueError, match="unknown removal"):
         attribute_tokens(m, TOKS, T, "lime", removal="blur")
+    with pytest.raises(ValueError, match="kernel_on"):
+        attribute_tokens(m, TOKS, T, "lime", kernel_on="tokens")

@@ -319,14 +319,17 @@ def kernel_shap(ctx: Ctx, n_samples: int = 25, removal: Any = None, replacement_
 
 
 @register("lime", per_dim=False, cite="Ribeiro et al. 2016")
-def lime(ctx: Ctx, n_samples: int = 25, alpha: float = 0.01, kernel_width: float = 1.0, removal: Any = None,
-         replacement_id: int | None = None) -> MethodOutput:
+def lime(ctx: Ctx, n_samples: int = 25, alpha: float = 0.01, kernel_width: float = 1.0, kernel_on: str = "features",
+         removal: Any = None, replacement_id: int | None = None) -> MethodOutput:
     """LIME (Ribeiro et al. 2016), with Captum ``Lime``'s defaults.
 
     ``n_samples`` coalitions, each feature kept with probability 1/2 (``torch.bernoulli``);
-    sample weight ``exp(−d² / (2 · kernel_width²))`` with ``d`` the cosine distance between the
-    row's embeddings (``hook_embed``, real positions, flattened) and the perturbed ones
-    (removed tokens replaced); the interpretable model is a weighted Lasso with intercept,
+    sample weight ``exp(−d² / (2 · kernel_width²))`` with ``d`` a cosine distance: with
+    ``kernel_on="features"`` (default) between the all-kept 0/1 vector and the coalition's,
+    ``d = 1 − √(k/M)`` for k of M kept (the representation LIME's text explainer and Captum's
+    ``LLMAttribution(Lime)`` use); with ``"embeddings"`` between the row's token embeddings
+    (``hook_embed``, real positions, flattened) and the perturbed ones (Captum ``Lime`` on an
+    embedding input). The interpretable model is a weighted Lasso with intercept,
     penalty ``alpha`` (Captum's default ``SkLearnLasso(alpha=0.01)``; fitted here by coordinate
     descent, no scikit-learn needed; ``alpha=0`` gives weighted least squares). φ = its
     coefficients (no efficiency property).
@@ -336,6 +339,8 @@ def lime(ctx: Ctx, n_samples: int = 25, alpha: float = 0.01, kernel_width: float
         raise ValueError(f"alpha must be a finite number ≥ 0, got {alpha!r}")
     if isinstance(kernel_width, bool) or not isinstance(kernel_width, (int, float)) or not kernel_width > 0:
         raise ValueError(f"kernel_width must be a number > 0, got {kernel_width!r}")
+    if kernel_on not in ("features", "embeddings"):
+        raise ValueError(f"kernel_on must be 'features' or 'embeddings', got {kernel_on!r}")
     masks, rows = features(ctx)
     values, base = removal_fn(ctx, removal, replacement_id)
     samples, weights = [], []
@@ -343,12 +348,15 @@ def lime(ctx: Ctx, n_samples: int = 25, alpha: float = 0.01, kernel_width: float
         M = idx.numel()
         g = _gen(ctx)
         S = torch.stack([torch.bernoulli(torch.full((1, M), 0.5), generator=g)[0].long() for _ in range(n_samples)])
-        real = ctx.real[i]
-        x = ctx.embeds[i][real].float().cpu()
-        fm = masks[idx][:, i][:, real].cpu()  # [M, n_real]
-        removed = (~S.bool()).float() @ fm.float() > 0  # [n, n_real]
-        xp = torch.where(removed[..., None], base[i][real].float().cpu()[None], x[None])
-        cos = torch.nn.functional.cosine_similarity(x.flatten()[None], xp.flatten(1), dim=1)
+        if kernel_on == "features":
+            cos = (S.sum(-1).double() / max(M, 1)).sqrt()
+        else:
+            real = ctx.real[i]
+            x = ctx.embeds[i][real].float().cpu()
+            fm = masks[idx][:, i][:, real].cpu()  # [M, n_real]
+            removed = (~S.bool()).float() @ fm.float() > 0  # [n, n_real]
+            xp = torch.where(removed[..., None], base[i][real].float().cpu()[None], x[None])
+            cos = torch.nn.functional.cosine_similarity(x.flatten()[None], xp.flatten(1), dim=1)
         d = 1 - cos
         samples.append(S)
         weights.append(torch.exp(-(d.double() ** 2) / (2 * kernel_width**2)))

@@ -11,8 +11,8 @@ positions the target reads).
   max(d_model, d_mlp)`` within ``CPU_CHUNK_FLOATS`` floats (on the benchmark model 32-row
   chunks ran 15–20 % faster than 64 or 2048) — and at most ``DEFAULT_MAX_ROWS`` elsewhere.
 * Gradient engines (:func:`grad_plan`): as many rows as the budget allows, at most
-  ``GRAD_MAX_ROWS``; on CPU at most ``CPU_GRAD_TOKENS`` tokens per chunk (measured:
-  benchmarks/scale.md). When one row does not fit, the plan asks for recomputation
+  ``GRAD_MAX_ROWS``; on CPU at most ``CPU_GRAD_TOKENS`` tokens per chunk (a cap on how
+  much one chunk allocates; not tuned on an idle machine). When one row does not fit, the plan asks for recomputation
   (``checkpoint=True``: each block's activations are recomputed in the backward, so only
   the layer boundaries stay alive); when even that does not fit, a ``ValueError`` names
   the budget and the need.

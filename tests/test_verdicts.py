@@ -121,3 +121,17 @@ def test_random_init_model_with_one_prompt_confirms_nothing():
     assert rep.claims and not rep.confirmed()
     assert any("population" in s["reason"] for s in rep.skipped)
     assert all(c.verdict in ("underpowered", "refuted", "inconclusive") for c in rep.claims)
+
+
+def test_thorough_profile_reports_secondary_modes_outside_the_verdict():
+    m = make_model(n_layers=3, n_heads=8, seed=5)
+    g = torch.Generator().manual_seed(2)
+    tok = torch.randint(1, 24, (5, 8), generator=g)
+    tgt = targets.logit(torch.randint(1, 24, (5,), generator=g))
+    kw = dict(FAST, profile="thorough", claims=["L2H1"], top_heads=0, n_draws=30, max_head_controls=30, seed=0)
+    rep = validate(m, tok, tgt, **kw)
+    tests = rep.claim("heads:L2H1").tests
+    assert [t.primary for t in tests] == [True, False, False]
+    assert "secondary" in tests[1].test and "zero" in tests[1].test and "resample" in tests[2].test
+    assert rep.settings["ablation_modes"] == ["mean", "zero", "resample"] and "thorough" in rep.settings["profile_runs"]
+

@@ -153,7 +153,7 @@ def run_components(
         refuted_already = None not in lo_hi and magnitude_interval(*lo_hi)[1] < min_effect  # type: ignore[arg-type]
         if n_possible >= MIN_CONTROLS and b > 1:
             t.null = "matched heads"
-            if not refuted_already:
+            if not refuted_already and ctrl:
                 pending.append((rec, t, ctrl))
         elif answer_null:
             t.null = "random answer tokens (the same ablation re-read for other answers)"

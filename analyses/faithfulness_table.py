@@ -54,8 +54,10 @@ def _row(m, tb, rem, meth, seed) -> dict:
     t = time.perf_counter()
     try:
         res = attribute_tokens(m, tb.tokens, tb.target, method=meth, seed=seed)
-    except ValueError as err:
+    except ValueError as err:  # the method does not apply here (e.g. too many tokens for exact Shapley)
         return {"method": meth, "error": str(err).split(";")[0][:120]}
+    except Exception as err:  # noqa: BLE001 - a failing method gets a row, the table still runs
+        return {"method": meth, "error": f"failed: {type(err).__name__}: {str(err)[:100]}"}
     dt = time.perf_counter() - t
     load = os.getloadavg()[0]
     s = res.scores.float().cpu()

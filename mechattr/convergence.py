@@ -19,13 +19,15 @@ class ConvergenceWarning(UserWarning):
     """A path integral's completeness error is a large fraction of the gap it explains."""
 
 
-def convergence_report(delta: Tensor, gap: Tensor, what: str, *, rtol: float = CONVERGENCE_RTOL, atol: float = CONVERGENCE_ATOL, warn: bool = True) -> dict:
+def convergence_report(delta: Tensor, gap: Tensor, what: str, *, rtol: float = CONVERGENCE_RTOL, atol: float = CONVERGENCE_ATOL, warn: bool = True,
+                       advice: str | None = None) -> dict:
     """Judge a path integral by its convergence delta (Sundararajan et al. 2017, §3:
     completeness ``Σ attributions = F(x) − F(x')``).
 
     ``ok`` iff ``|δ| ≤ rtol · |F(x) − F(x')| + atol`` everywhere (default: 5 % of the gap).
     When it fails, a :class:`ConvergenceWarning` says so (more ``n_steps``, another
-    schedule, or a baseline nearer the input). Returns a JSON-able summary
+    schedule, or a baseline nearer the input; ``advice`` replaces that sentence for methods
+    whose error is not a quadrature error, e.g. DeepLIFT). Returns a JSON-able summary
     ``{"ok", "max_abs_delta", "max_rel_delta", "rtol", "atol"}`` for results and reports.
     """
     d = delta.detach().float().abs().reshape(-1).cpu()
@@ -35,9 +37,9 @@ def convergence_report(delta: Tensor, gap: Tensor, what: str, *, rtol: float = C
     out = {"ok": ok, "max_abs_delta": float(d.max()) if d.numel() else 0.0, "max_rel_delta": rel, "rtol": rtol, "atol": atol}
     if not ok and warn:
         warnings.warn(
-            f"{what}: the path integral has not converged — completeness error |δ| up to "
+            f"{what}: the attributions do not sum to F(x) − F(x') — completeness error |δ| up to "
             f"{out['max_abs_delta']:.3g} ({rel:.0%} of |F(x) − F(x')|, allowed {rtol:.0%}); "
-            f"raise n_steps or use a baseline the model maps smoothly to the input",
+            + (advice or "the path integral has not converged: raise n_steps or use a baseline the model maps smoothly to the input"),
             ConvergenceWarning, stacklevel=3,
         )
     return out

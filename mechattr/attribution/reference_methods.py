@@ -51,7 +51,10 @@ def _rescale_hook(site: RescaleSite, live: dict, ref: dict, eps: float) -> Calla
     return hook
 
 
-@register("deeplift", cite="Shrikumar et al. 2017 (DeepLIFT, rescale rule)")
+@register("deeplift", cite="Shrikumar et al. 2017 (DeepLIFT, rescale rule)",
+          delta_advice=("DeepLIFT's summation-to-delta is exact only where every nonlinearity has a rescale rule; "
+                        "LayerNorm, softmax and attention products take the plain gradient (as in Captum), so this "
+                        "error is the method's, not a step count: more n_steps will not change it"))
 def deeplift(ctx: Ctx, eps: float = 1e-6) -> MethodOutput:
     """DeepLIFT with the rescale rule (Shrikumar et al. 2017, "Learning Important Features Through
     Propagating Activation Differences", §3.3–3.5): ``(x − x') ⊙ m``, ``m`` the multipliers of

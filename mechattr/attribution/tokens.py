@@ -43,6 +43,8 @@ class MethodSpec:
     reduction: str | None = "sum"
     default_steps: int | None = None
     cite: str = ""
+    #: what to do when ``convergence_delta`` is large (default: the path-integral advice)
+    delta_advice: str | None = None
 
     def __call__(self, ctx: Any, **options: Any) -> Any:
         return self.fn(ctx, **options)
@@ -98,11 +100,12 @@ class Ctx:
         return self.n_steps if self.n_steps is not None else default
 
 
-def register(name: str, *, per_dim: bool = True, reduction: str | None = "sum", default_steps: int | None = None, cite: str = "", overwrite: bool = False) -> Callable:
+def register(name: str, *, per_dim: bool = True, reduction: str | None = "sum", default_steps: int | None = None, cite: str = "",
+             delta_advice: str | None = None, overwrite: bool = False) -> Callable:
     """Decorator: add a token attribution method to :data:`METHODS`."""
 
     def deco(fn: Callable) -> Callable:
-        METHODS.register(name, MethodSpec(fn, per_dim, reduction, default_steps, cite), overwrite=overwrite)
+        METHODS.register(name, MethodSpec(fn, per_dim, reduction, default_steps, cite, delta_advice), overwrite=overwrite)
         return fn
 
     return deco
@@ -247,7 +250,8 @@ def attribute_tokens(
         if out.delta is not None and out.f_input is not None and out.f_baseline is not None:
             from mechattr.convergence import convergence_report
 
-            settings["completeness"] = convergence_report(out.delta, out.f_input - out.f_baseline, f"attribute_tokens(method={method!r})")
+            settings["completeness"] = convergence_report(out.delta, out.f_input - out.f_baseline, f"attribute_tokens(method={method!r})",
+                                                         advice=spec.delta_advice)
         if nothing:
             msg = (f"rows {nothing[:10]}: the target reads position(s) at or before which every token is "
                    f"excluded (BOS, padding, exclude_tokens), so every score there is 0 by construction, "

@@ -159,6 +159,29 @@ def test_atp_star_qk_fix_matches_one_node_at_a_time_softmax():
     torch.testing.assert_close(got.sum(0).double(), _slow_qk(A, gz, q, k, v, q2, k2, v2, 2.0), atol=1e-5, rtol=1e-4)
 
 
+def test_atp_star_qk_fix_is_exact_on_a_saturated_float32_pattern():
+    """A pattern saturated at 1 − 1e-8 reads as 1.0 (or 1 − 6e-8) in float32: the key estimate
+    must come from the logits, not from the rounded weight (it returned ~0 for a −1 effect)."""
+    g = torch.Generator().manual_seed(1)
+    B, P, H, D = 1, 5, 2, 4
+    q, k, v, q2, k2, v2, gz = (torch.randn(B, P, H, D, generator=g, dtype=torch.float64) for _ in range(7))
+    u = torch.randn(1, 1, H, D, generator=g, dtype=torch.float64)
+    u = 2.5 * u / u.norm(dim=-1, keepdim=True)
+    q = u + 0.1 * q  # every query points roughly along u ...
+    k = k.clone()
+    k[:, 1] = 12 * u[:, 0]  # ... so it attends almost only to key 1 (logit gap ≫ 17)
+    k2 = k.clone()
+    k2[:, 1] = -k[:, 1]  # the key corruption moves the attention away from key 1
+    causal = torch.tril(torch.ones(P, P, dtype=torch.bool))
+    S = (torch.einsum("bthd,bshd->bhts", q, k) / 2.0).masked_fill(~causal, -math.inf)
+    A64 = S.softmax(-1)
+    assert (A64[0, :, 2:, 1] > 1 - 1e-6).all()
+    got = head_effects(A64.float(), gz, q, k, v, q2, k2, v2, 2.0)
+    want = _slow_qk(A64, gz, q, k, v, q2, k2, v2, 2.0)
+    assert want.abs().max() > 1.0
+    torch.testing.assert_close(got.sum(0).double(), want, atol=1e-3, rtol=1e-3)
+
+
 def test_atp_star_without_qk_fix_is_autograd_atp_of_q_k_v(model, pair, unchanged):
     """qk_fix=False must reduce to plain AtP at the query/key/value hooks (autograd here)."""
     clean, corr = pair

@@ -82,22 +82,53 @@ def head_effects(A: Tensor, gz: Tensor, q: Tensor, k: Tensor, v: Tensor, q2: Ten
     gA = torch.einsum("bthd,bshd->bhts", gz, v)  # ∂F/∂A[t, s]
     Ag = (A * gA).sum(-1, keepdim=True)  # ⟨A_t, ∂F/∂A_t⟩
     # values: Σ_t A[t,s] (v'_s − v_s)·∂F/∂z_t  -> at key position s
-    val = torch.einsum("bhts,bshd,bthd->bsh", A, v2 - v, gz)
+    val = torch.einsum("bhts,bshd,bthd->bsh", A, v2 - v, gz)  # (clean pattern; values are linear)
     dS_q = torch.where(live, torch.einsum("bthd,bshd->bhts", q2 - q, k) / scale, zero)
     dS_k = torch.where(live, torch.einsum("bthd,bshd->bhts", q, k2 - k) / scale, zero)
     if qk_fix:
+        # The pattern's logits in float64 from q·k/scale (the runtime checked that they
+        # reproduce the pattern): a saturated float32 pattern (A = 1 − 6e-8 or exactly 1)
+        # carries no usable logit, and 1 − A would be all rounding error.
+        S = torch.where(live, torch.einsum("bthd,bshd->bhts", q, k) / scale, torch.full_like(A, -math.inf))
+        logA = torch.log_softmax(S, -1)
+        A = torch.where(live, logA.exp(), zero)
+        gA_A = A * gA
+        Ag = gA_A.sum(-1, keepdim=True)
         # queries: the exact new row softmax(S_t + δS_t)
-        logA = torch.where(live, A.clamp_min(1e-300).log(), torch.full_like(A, -math.inf))
         A_q = torch.where(live, torch.softmax(logA + dS_q, -1), zero)
         qry = ((A_q - A) * gA).sum(-1)
-        # keys, one node at a time: one logit of each row moves by δ; closed form
-        A_k = torch.sigmoid(logA - torch.log1p(-A.clamp(max=1 - 1e-12)) + dS_k)
-        m_other = (Ag - A * gA) / (1 - A).clamp_min(1e-12)
+        # keys, one node at a time: one logit of each row moves by δ; closed form with
+        # logit A = S_s − logsumexp_{o≠s} S_o and m = the others' A-weighted mean gradient
+        logit, m_other = _key_terms(S, logA, gA, gA_A, Ag, live)
+        A_k = torch.where(live, torch.sigmoid(logit + dS_k), zero)
         key = torch.where(live, (A_k - A) * (gA - m_other), zero).sum(2)
     else:
         qry = ((A * (dS_q - (A * dS_q).sum(-1, keepdim=True))) * gA).sum(-1)
         key = (A * dS_k * (gA - Ag)).sum(2)
     return torch.stack([qry.transpose(1, 2), key.transpose(1, 2), val]).float()
+
+
+def _key_terms(S: Tensor, logA: Tensor, gA: Tensor, gA_A: Tensor, Ag: Tensor, live: Tensor) -> tuple[Tensor, Tensor]:
+    """Per ``(t, s)``: ``logit A[t,s] = S_s − logsumexp_{o≠s} S_o`` and ``m_{t,−s} =
+    Σ_{o≠s} A[t,o] ∂F/∂A[t,o] / (1 − A[t,s])``, exact also where ``A[t,s]`` rounds to 1.
+
+    Only a row's largest weight can be near 1; for every other key ``1 − A ≥ ½`` and the
+    subtractive forms are exact. At the row's argmax the others are summed directly.
+    """
+    one_minus = -torch.expm1(logA)  # 1 − A (≥ ½ off the argmax)
+    logit = logA - one_minus.clamp_min(1e-300).log()
+    m_other = (Ag - gA_A) / one_minus.clamp_min(1e-300)
+    top = S.argmax(-1, keepdim=True)  # [b, h, t, 1]
+    others = S.scatter(-1, top, -math.inf)
+    has_other = torch.isfinite(others).any(-1, keepdim=True)
+    lse_o = torch.logsumexp(others, -1, keepdim=True)
+    w_o = torch.where(has_other, torch.softmax(torch.where(has_other, others, torch.zeros_like(others)), -1), torch.zeros_like(S))
+    w_o = torch.where(torch.isfinite(others), w_o, torch.zeros_like(w_o))
+    m_top = (w_o * gA).sum(-1, keepdim=True)
+    logit_top = torch.where(has_other, S.gather(-1, top) - lse_o, torch.full_like(lse_o, math.inf))
+    logit = logit.scatter(-1, top, logit_top)
+    m_other = m_other.scatter(-1, top, torch.where(has_other, m_top, torch.zeros_like(m_top)))
+    return torch.where(live, logit, torch.zeros_like(logit)), m_other
 
 
 def _estimates(ctx: Ctx, corr: dict[str, Tensor], drop: int | None) -> Tensor:

@@ -19,8 +19,6 @@ import torch
 from mechattr.io import to_jsonable
 from mechattr.report import figures
 
-MAX_ROWS = 8  # examples shown in the per-token heatmaps
-
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:2em}
@@ -178,9 +176,9 @@ def render_html(report: Any) -> str:
 
     # token maps
     body = []
-    toks = report.str_tokens[:MAX_ROWS]
+    toks = report.str_tokens  # every example: the heatmap pages them with a slider
     for m, sc in report.token_maps.items():
-        t = torch.as_tensor(sc, dtype=torch.float32)[:MAX_ROWS]
+        t = torch.as_tensor(sc, dtype=torch.float32)
         body.append(fig(figures.token_heatmap(t, toks, title=f"{m}: token attribution", row_labels=[f"ex {i}" for i in range(len(t))])))
     if body:
         parts.append(_section("Token attribution per method", "".join(body), "tokens"))
@@ -278,7 +276,7 @@ def render_html(report: Any) -> str:
 
 def _flow_html(report: Any, fig: _Figs) -> str:
     """Attention-flow figure: the shared flow-graph figure if present, else a token heatmap."""
-    flow = torch.as_tensor(report.flow, dtype=torch.float32)[:MAX_ROWS]
+    flow = torch.as_tensor(report.flow, dtype=torch.float32)
     graph_fig = getattr(figures, "attention_flow_graph", None)
     note = ("<p class='note'>Max-flow from each input token to the target position (Abnar &amp; Zuidema 2020); "
             "the layered graph is example 0, edges Â_l[q, k].</p>")
@@ -293,4 +291,4 @@ def _flow_html(report: Any, fig: _Figs) -> str:
         for l0, k, l1, q, cap in gj["edges"]:
             g.add_edge((l0, k), (l1, q), capacity=cap)
         body = fig(graph_fig(g, flow=flow[0], title="attention flow graph (example 0)"))
-    return note + body + fig(figures.token_heatmap(flow, report.str_tokens[:MAX_ROWS], title="attention flow to the target position"))
+    return note + body + fig(figures.token_heatmap(flow, report.str_tokens, title="attention flow to the target position"))

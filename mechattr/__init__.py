@@ -65,6 +65,7 @@ _LAZY = {
     "Circuit": "mechattr.circuits",
     "EdgeScores": "mechattr.circuits",
     "validate": "mechattr.validation",
+    "memory_budget": "mechattr.runtime.memory",
     "ValidationReport": "mechattr.validation",
 }
 _SUBMODULES = ("organisms", "faithfulness", "attribution", "interventions", "circuits", "graph", "validation", "report", "sweep")

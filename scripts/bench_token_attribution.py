@@ -185,6 +185,21 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
+def interleaved(calls: dict, rounds: int) -> tuple[dict, dict, dict]:
+    """``rounds`` interleaved rounds over ``calls``: per key the best time, the 1-min load
+    average when it was taken, and the last output."""
+    best: dict = {}
+    loads: dict = {}
+    outs: dict = {}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            la = load()
+            t, outs[key] = timed(fn)
+            if t < best.get(key, float("inf")):
+                best[key], loads[key] = t, la
+    return best, loads, outs
+
+
 def bench_perturbation(rounds: int) -> list[dict]:
     """Ours (one call, all coalitions stacked) vs Captum LLMAttribution (one example and one
     perturbed input per forward), same model, inputs, baseline token 0, evaluations and seeds."""
@@ -222,15 +237,7 @@ def bench_perturbation(rounds: int) -> list[dict]:
         calls[("captum", name)] = lambda name=name: captum_run(name)
         calls[("ours", name)] = lambda name=name: ours_run(name)
     ours_run("occlusion"), captum_run("occlusion")  # warm-up
-    best: dict = {}
-    loads: dict = {}
-    outs: dict = {}
-    for _ in range(rounds):
-        for key, fn in calls.items():
-            la = load()
-            t, outs[key] = timed(fn)
-            if t < best.get(key, float("inf")):
-                best[key], loads[key] = t, la
+    best, loads, outs = interleaved(calls, rounds)
     rows = []
     for name in PERT:
         r = outs[("ours", name)]
@@ -287,13 +294,7 @@ def bench_deeplift(rounds: int) -> dict | None:
         calls = {"captum": lambda: dl.attribute(tokens, baselines=torch.zeros_like(tokens)),
                  "ours": lambda: attribute_tokens(model, tokens, targets.logprob(ids), "deeplift", baseline=0)}
         calls["captum"](), calls["ours"]()
-        best, loads, outs = {}, {}, {}
-        for _ in range(rounds):
-            for k, fn in calls.items():
-                la = load()
-                t, outs[k] = timed(fn)
-                if t < best.get(k, float("inf")):
-                    best[k], loads[k] = t, la
+        best, loads, outs = interleaved(calls, rounds)
     finally:
         if saved is None:
             cdl.SUPPORTED_NON_LINEAR.pop(torch.nn.GELU, None)

@@ -80,7 +80,6 @@ def head_effects(A: Tensor, gz: Tensor, q: Tensor, k: Tensor, v: Tensor, q2: Ten
     live = A > 0
     zero = torch.zeros_like(A)
     gA = torch.einsum("bthd,bshd->bhts", gz, v)  # ∂F/∂A[t, s]
-    Ag = (A * gA).sum(-1, keepdim=True)  # ⟨A_t, ∂F/∂A_t⟩
     # values: Σ_t A[t,s] (v'_s − v_s)·∂F/∂z_t  -> at key position s
     val = torch.einsum("bhts,bshd,bthd->bsh", A, v2 - v, gz)  # (clean pattern; values are linear)
     dS_q = torch.where(live, torch.einsum("bthd,bshd->bhts", q2 - q, k) / scale, zero)
@@ -93,7 +92,7 @@ def head_effects(A: Tensor, gz: Tensor, q: Tensor, k: Tensor, v: Tensor, q2: Ten
         logA = torch.log_softmax(S, -1)
         A = torch.where(live, logA.exp(), zero)
         gA_A = A * gA
-        Ag = gA_A.sum(-1, keepdim=True)
+        Ag = gA_A.sum(-1, keepdim=True)  # ⟨A_t, ∂F/∂A_t⟩
         # queries: the exact new row softmax(S_t + δS_t)
         A_q = torch.where(live, torch.softmax(logA + dS_q, -1), zero)
         qry = ((A_q - A) * gA).sum(-1)
@@ -103,6 +102,7 @@ def head_effects(A: Tensor, gz: Tensor, q: Tensor, k: Tensor, v: Tensor, q2: Ten
         A_k = torch.where(live, torch.sigmoid(logit + dS_k), zero)
         key = torch.where(live, (A_k - A) * (gA - m_other), zero).sum(2)
     else:
+        Ag = (A * gA).sum(-1, keepdim=True)  # ⟨A_t, ∂F/∂A_t⟩
         qry = ((A * (dS_q - (A * dS_q).sum(-1, keepdim=True))) * gA).sum(-1)
         key = (A * dS_k * (gA - Ag)).sum(2)
     return torch.stack([qry.transpose(1, 2), key.transpose(1, 2), val]).float()

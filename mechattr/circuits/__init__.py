@@ -6,9 +6,7 @@ Names load on first access (PEP 562), so ``mechattr.circuits.names`` stays light
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from mechattr._lazy import lazy_names
 from mechattr.circuits.names import ABLATIONS, METHODS, SELECTIONS
 
 _LAZY = {
@@ -30,14 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mechattr.circuits' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = ["ABLATIONS", "METHODS", "SELECTIONS", *_LAZY]

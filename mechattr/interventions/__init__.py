@@ -7,8 +7,7 @@ Public functions (re-exported lazily): :func:`run_ablated`, :func:`ablation_scan
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mechattr._lazy import lazy_names
 
 _LAZY = {
     "run_ablated": "mechattr.interventions.ablation",
@@ -23,14 +22,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mechattr.interventions' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = list(_LAZY)

@@ -41,6 +41,38 @@ def test_cascading_randomization_separates_model_dependent_from_constant_maps(un
         F.cascading_randomization(model, tokens, tgt, "ig")
 
 
+def test_cascading_randomization_stage_subset_and_given_base_equal_the_full_run(unchanged):
+    """Evaluating a subset of stages (and reusing a given base map) gives exactly the full
+    cascade's rows for those stages: the re-draws happen in the same order either way."""
+    model = make_model(seed=5)
+    tokens = torch.randint(1, 24, (4, 8), generator=torch.Generator().manual_seed(0))
+    tgt = targets.logit(torch.tensor([1, 2, 3, 4]))
+    calls = []
+
+    def fn(m, t, g):
+        calls.append(1)
+        return grad_x_input(m, t, g)
+
+    full = F.cascading_randomization(model, tokens, tgt, fn, seed=3)
+    assert len(calls) == 5 and F.stage_names(model) == full.stages
+    base = fn(model, tokens, tgt)
+    calls.clear()
+    with unchanged(model):
+        sub = F.cascading_randomization(model, tokens, tgt, fn, seed=3, base=base, stages=2)
+    assert len(calls) == 2  # no call for the base, one per evaluated stage
+    assert sub.stages == ["unembed", "embed"]
+    idx = [full.stages.index(s) for s in sub.stages]
+    assert torch.equal(sub.maps[1:], full.maps[1:][idx]) and torch.equal(sub.maps[0], full.maps[0])
+    assert torch.allclose(sub.spearman, full.spearman[idx], equal_nan=True)
+    named = F.cascading_randomization(model, tokens, tgt, fn, seed=3, stages=["blocks.0"])
+    assert torch.equal(named.maps[1], full.maps[1 + full.stages.index("blocks.0")])
+    for bad, msg in ((1, "≥ 2"), (["blocks.7"], "unknown stage"), ("embed", "list of stage names")):
+        with pytest.raises(ValueError, match=msg):
+            F.cascading_randomization(model, tokens, tgt, fn, stages=bad)
+    with pytest.raises(ValueError, match="base has shape"):
+        F.cascading_randomization(model, tokens, tgt, fn, base=base[:, :4])
+
+
 def test_agreement_identical_reversed_and_disjoint(model, tokens):
     tgt = targets.logit(1)
     s = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))

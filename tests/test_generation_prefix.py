@@ -73,7 +73,7 @@ def test_shared_generation_matrix_equals_per_step_loop(method, kw, unchanged):
 
 def test_shared_generation_runs_one_row_per_path_point_not_one_per_step():
     model = make_model(seed=12, n_ctx=32)
-    G, S = len(CONT), 10
+    S = 10
     with _RowCounter(model) as c:
         shared = attribute_generation(model, PROMPT, CONT, method="ig", n_steps=S)
     with _RowCounter(model) as c2:
@@ -101,3 +101,48 @@ def test_rows_with_different_inputs_still_get_their_own_gradients():
             torch.testing.assert_close(together.attributions[i], alone.attributions[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(together.f_path[:, :, i], alone.f_path[:, :, 0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(together.f_baseline[i], alone.f_baseline[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("method", "kw"), [
+    ("occlusion", {}),
+    ("occlusion", {"baseline": 3}),
+    ("attention", {}),
+    ("rollout", {}),
+])
+def test_forward_only_methods_share_each_variant_across_steps(method, kw, unchanged):
+    """Occlusion / attention / rollout of a generation equal the per-step loop, and each
+    variant (window, or the one pattern forward) runs once for all steps, not once per step."""
+    model = make_model(seed=14, n_ctx=32)
+    with unchanged(model), _RowCounter(model) as c:
+        g = attribute_generation(model, PROMPT, CONT, method=method, **kw)
+    ref, _ = _per_step_reference(model, method, **kw)
+    torch.testing.assert_close(g.matrix, ref, atol=3e-5, rtol=1e-4)
+    assert ref.abs().sum() > 0
+    n_ctx = len(PROMPT) + len(CONT) - 1
+    # occlusion: the clean row + one per window (≤ n_ctx) + the step scores' forward; attention: 2 forwards
+    limit = 2 * n_ctx + 2 if method == "occlusion" else 2
+    assert c.rows <= limit, (c.rows, limit)
+    with _RowCounter(model) as c_sep:
+        _per_step_reference(model, method, **kw)
+    assert c_sep.rows > 2 * c.rows
+
+
+def test_variants_that_differ_per_example_are_not_shared():
+    """evaluate_at_hook: identical tokens but edits that differ per example run per row."""
+    from mechattr.attribution.paths import evaluate_at_hook
+
+    model = make_model(seed=15, n_ctx=32)
+    toks = PROMPT[None].expand(3, -1)
+    target = targets.logit(torch.tensor([1, 2, 3]))
+    scale = torch.tensor([0.0, 0.5, 1.0])
+
+    def make(x, v, e):  # variant v scales position v by a per-example factor
+        out = x.clone()
+        out[torch.arange(len(v)), v] *= scale[e].to(x.dtype)[:, None]
+        return out
+
+    together = evaluate_at_hook(model, toks, target, "hook_embed", make, 4)
+    for i in range(3):
+        alone = evaluate_at_hook(model, toks[i : i + 1], target.take(torch.tensor([i])), "hook_embed",
+                                 lambda x, v, e, i=i: make(x, v, torch.full_like(e, i)), 4)
+        torch.testing.assert_close(together[:, i], alone[:, 0], atol=1e-5, rtol=1e-5)

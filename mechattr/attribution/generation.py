@@ -9,7 +9,16 @@ The rows share their input, so the path engine (:mod:`mechattr.attribution.paths
 path point ONCE for all N steps and separates their gradients in one batched backward over
 the N one-hot output cotangents (``torch.autograd.grad(..., is_grads_batched=True)``): one
 forward per path point instead of N, and one row's saved activations instead of N. Methods
-whose rows differ (per-row random baselines) fall back to N rows.
+whose rows differ (per-row random baselines) fall back to N rows. Forward-only methods share
+the same way: occlusion runs each window once for all steps
+(:func:`mechattr.attribution.paths.evaluate_at_hook`), attention and rollout read one forward.
+
+Cost: a gradient method still needs one backward per generated token (the Jacobian has N
+rows), so sharing saves the forwards only — about 1.3–3× at 32 tokens on CPU; forward-only
+methods save N× the forwards (≈12× at 32 tokens; benchmarks/scale.md). Occlusion windows
+lie over the whole context: with ``window > 1`` a window reaching past step ``i``'s
+position counts only its part before it, so the last ``window − 1`` scores of a row differ
+from an occlusion of that step's prefix alone (``window=1``: identical).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechattr.attribution.paths import evaluate_at_hook
+from mechattr.attribution.paths import evaluate_at_hook, same_rows
 from mechattr.attribution.tokens import Ctx, MethodOutput, register
 
 
@@ -83,10 +83,14 @@ def patterns(ctx: Ctx) -> Tensor:
 
         return keep
 
-    kw = {} if ctx.batch.attention_mask is None else {"attention_mask": ctx.batch.attention_mask}
+    mask = ctx.batch.attention_mask
+    one = same_rows(ctx.tokens, mask)  # identical rows (a generation's steps): one forward serves all
+    toks = ctx.tokens[:1] if one else ctx.tokens
+    kw = {} if mask is None else {"attention_mask": mask[:1] if one else mask}
     with torch.no_grad(), ctx.model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
-        ctx.model(ctx.tokens, **kw)
-    return torch.stack([store[n] for n in names], 1)
+        ctx.model(toks, **kw)
+    out = torch.stack([store[n] for n in names], 1)
+    return out.expand(ctx.tokens.shape[0], *out.shape[1:]) if one else out
 
 
 def net_attention(ctx: Ctx) -> Tensor:
@@ -114,13 +118,26 @@ def _per_row_graph(ctx: Ctx, fn: Any) -> Tensor:
     return out
 
 
+def _rollout_rows(ctx: Ctx) -> Tensor:
+    """Rollout row ``target_pos`` per example; rows with the same real tokens share one rollout matrix."""
+    from mechattr import graph
+
+    cache: dict[tuple[int, ...], Tensor] = {}
+
+    def row(toks: Tensor, t: int) -> Tensor:
+        key = tuple(int(v) for v in toks[0])
+        if key not in cache:
+            cache[key] = graph.attention_rollout(ctx.model, toks)[0]
+        return cache[key][t]
+
+    return _per_row_graph(ctx, row)
+
+
 @register("rollout", per_dim=False, cite="Abnar & Zuidema 2020")
 def rollout(ctx: Ctx) -> MethodOutput:
     """Attention rollout (Abnar & Zuidema 2020): row ``target_pos`` of
     ``mechattr.graph.attention_rollout`` (computed on each row's real tokens)."""
-    from mechattr import graph
-
-    return MethodOutput(_per_row_graph(ctx, lambda toks, t: graph.attention_rollout(ctx.model, toks)[0, t]))
+    return MethodOutput(_rollout_rows(ctx))
 
 
 @register("flow", per_dim=False, cite="Abnar & Zuidema 2020")

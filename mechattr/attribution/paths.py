@@ -469,6 +469,11 @@ def evaluate_at_hook(
     ``make_act(x[e], v, e)`` (``x`` the clean activation, ``v``/``e`` ``[rows]`` variant and
     example indices of the chunk), in chunks of ``batch_size`` rows. Used for occlusion and
     removal metrics. Returns ``[n_variants, batch]`` float32.
+
+    When every example has the same input (tokens, mask) and the same edited activation for
+    every variant, and ``target`` is a :class:`~mechattr.targets.Target` — the steps of a
+    generation — each variant runs ONCE and all examples' targets read that row (the same
+    numbers as one row per example, ``batch`` times fewer forwards).
     """
     check_batch_size(batch_size)
     if isinstance(n_variants, bool) or not isinstance(n_variants, int) or n_variants < 1:
@@ -479,6 +484,35 @@ def evaluate_at_hook(
         plan = _Plan(model, batch.tokens, batch.attention_mask, hook_name)
         plan.capture()
         x = plan.clean_act
-        size = batch_size or default_batch_size(model, batch.tokens.shape[1], n_read_of(target))
-        vals = _evaluate(plan, target, lambda v, e: make_act(x[e], v, e), n_variants, size)
+        n, pos = batch.shape
+        make = lambda v, e: make_act(x[e], v, e)  # noqa: E731
+        shared = _same_inputs(batch.tokens, batch.attention_mask, target) and _same_edits(make, n_variants, n, x.device)
+        n_read = n_read_of(_FanOut(target, n) if shared else target)
+        size = max_rows(model, pos, batch_size, x.device, n_read=n_read)
+        vals = _evaluate(plan, target, make, n_variants, size, shared=shared)
         return check_finite(vals, "target")
+
+
+def same_rows(toks: Tensor, mask: Tensor | None) -> bool:
+    """Several rows with identical tokens and attention mask (e.g. the steps of a generation)."""
+    return toks.shape[0] > 1 and bool((toks == toks[:1]).all()) and (mask is None or bool((mask == mask[:1]).all()))
+
+
+def _same_inputs(toks: Tensor, mask: Tensor | None, target: Callable) -> bool:
+    """Identical rows (:func:`same_rows`) and a target that can fan out over them."""
+    return isinstance(target, Target) and same_rows(toks, mask)
+
+
+def _same_edits(make: Callable[[Tensor, Tensor], Tensor], n_variants: int, n: int, device: torch.device,
+                max_elems: int = 1 << 24) -> bool:
+    """Whether ``make(v, e)`` equals ``make(v, 0)`` for every variant and example (checked in chunks of variants)."""
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    first = make(zero, zero)
+    per = max(1, max_elems // max(1, first[0].numel() * n))
+    for sl in row_chunks(n_variants, per):
+        v = torch.arange(sl.start, sl.stop, device=first.device)
+        vv, ee = v.repeat_interleave(n), torch.arange(n, device=first.device).repeat(v.numel())
+        a = make(vv, ee).view(v.numel(), n, *first.shape[1:])
+        if not bool((a == a[:, :1]).all()):
+            return False
+    return True

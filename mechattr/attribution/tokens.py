@@ -112,13 +112,13 @@ def register(name: str, *, per_dim: bool = True, reduction: str | None = "sum", 
 
 
 def _load_methods() -> None:
+    import mechattr.attribution.context_mixing  # noqa: F401  (value_zeroing, alti)
+    import mechattr.attribution.discrete_paths  # noqa: F401  (dig, udig, sig)
     import mechattr.attribution.gradient_methods  # noqa: F401
     import mechattr.attribution.other_methods  # noqa: F401
-    import mechattr.attribution.reference_methods  # noqa: F401  (deeplift, gradient_shap)
-    import mechattr.attribution.discrete_paths  # noqa: F401  (dig, udig, sig)
-    import mechattr.attribution.shapley_methods  # noqa: F401  (shapley_sampling, kernel_shap, lime, exact_shapley)
-    import mechattr.attribution.context_mixing  # noqa: F401  (value_zeroing, alti)
     import mechattr.attribution.reagent  # noqa: F401  (reagent)
+    import mechattr.attribution.reference_methods  # noqa: F401  (deeplift, gradient_shap)
+    import mechattr.attribution.shapley_methods  # noqa: F401  (shapley_sampling, kernel_shap, lime, exact_shapley)
 
 
 def method_names() -> list[str]:

@@ -24,11 +24,12 @@ from mechattr.faithfulness.sanity import (
     completeness,
     rowwise_spearman,
     spearman,
+    stage_names,
 )
 
 __all__ = [
     "CurveResult", "auc", "deletion_insertion", "FaithfulnessResult", "comprehensiveness",
     "faithfulness", "label_target", "log_odds", "sufficiency", "top_mask", "Removal",
     "parse_removal", "perturbed_values", "removable_mask", "SanityResult", "agreement",
-    "cascading_randomization", "completeness", "rowwise_spearman", "spearman",
+    "cascading_randomization", "completeness", "rowwise_spearman", "spearman", "stage_names",
 ]

@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechattr.inputs import Batch
-from mechattr.runtime.chunks import row_chunks
+from mechattr.runtime.chunks import max_rows, n_read_of, row_chunks
 from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 
@@ -186,7 +186,7 @@ def perturbed_values(
         tokens, mask_rows, new_pos = _delete_rows(tokens, real, keep_rows, read, fill=int(batch.tokens[0, 0]))
         full = _with_pos(full, new_pos)
     repl = replacement_embedding(model, op, replacement_id)
-    bs = rows if batch_size is None else max(1, int(batch_size))
+    bs = max_rows(model, n, batch_size, dev, n_read=n_read_of(full))
     out = []
     for sl in row_chunks(rows, bs):
         r0, r1 = sl.start, sl.stop

@@ -65,6 +65,29 @@ def _stages(model: Any) -> list[tuple[str, list[str]]]:
     return [(s, ns) for s, ns in st if ns]
 
 
+def stage_names(model: Any) -> list[str]:
+    """The cascade's stage names for ``model``, top first (``unembed``, ``blocks.L-1`` … ``blocks.0``, ``embed``)."""
+    return [s for s, _ in _stages(model)]
+
+
+def _pick_stages(all_names: list[str], stages: Any) -> set[str]:
+    if stages is None:
+        return set(all_names)
+    if isinstance(stages, int) and not isinstance(stages, bool):
+        if stages < 2:
+            raise ValueError(f"stages={stages!r}: an int must be ≥ 2 (the first and the fully randomized stage); allowed: "
+                             f"2 … {len(all_names)}, a list of stage names, or None (every stage)")
+        n = min(stages, len(all_names))
+        idx = {round(i * (len(all_names) - 1) / (n - 1)) for i in range(n)}
+        return {all_names[i] for i in idx}
+    if isinstance(stages, str) or not isinstance(stages, Sequence):
+        raise ValueError(f"stages must be None, an int ≥ 2 or a list of stage names; got {stages!r}")
+    bad = [s for s in stages if s not in all_names]
+    if bad or not stages:
+        raise ValueError(f"unknown stage(s) {bad or stages!r}; allowed: {all_names}")
+    return set(stages)
+
+
 def _redraw(p: torch.nn.Parameter, g: torch.Generator) -> None:
     """Re-draw a parameter from a normal with its own mean and std (std 0.02 if constant)."""
     x = p.detach()
@@ -105,27 +128,41 @@ def cascading_randomization(
     seed: int = 0,
     attention_mask: Any = None,
     bos: Any = "auto",
+    base: Any = None,
+    stages: Any = None,
 ) -> SanityResult:
     """Adebayo et al. 2018 model-parameter randomization test, cascading from the top.
 
     ``fn(model, tokens, target)`` returns ``[batch, pos]`` scores (or a result with
     ``.scores``). Stage ``s`` randomizes (on a deep copy) the parameters of every stage up
     to ``s`` (unembed, blocks top→bottom, embed); Spearman over removable positions.
+
+    ``base``: the trained model's map when the caller already has it (``[batch, pos]``;
+    skips one call of ``fn``). ``stages``: evaluate ``fn`` only after these stages — an int
+    ``n ≥ 2`` (``n`` stages evenly spaced from the first to the last, both included) or a
+    sequence of stage names (:func:`stage_names`); ``None``: every stage. The cascade still
+    re-draws every stage in order with the same generator, so an evaluated stage's map is
+    exactly the full run's map at that stage; only the evaluations in between are skipped.
     """
     if not callable(fn):
         raise TypeError(f"fn must be a callable fn(model, tokens, target) -> scores, got {type(fn).__name__}")
     with model_guard(model):
         batch = prepare_tokens(model, tokens, attention_mask)
         keep = removable_mask(model, batch, target, bos=bos)
-        base = check_scores(fn(model, batch.tokens, target), batch, keep, "fn(model, tokens, target)")
+        what = "fn(model, tokens, target)" if base is None else "base"
+        base = check_scores(fn(model, batch.tokens, target) if base is None else base, batch, keep, what)
         work = deepcopy_model(model)
     g = torch.Generator().manual_seed(int(seed))
     names, sp, sp_abs, maps = [], [], [], [base.cpu()]
     params = dict(work.named_parameters())
+    cascade = _stages(work)
+    wanted = _pick_stages([s for s, _ in cascade], stages)
     with model_guard(work):
-        for stage, pnames in _stages(work):
+        for stage, pnames in cascade:
             for n in pnames:
                 _redraw(params[n], g)
+            if stage not in wanted:
+                continue
             s = check_scores(fn(work, batch.tokens, target), batch, keep, "fn(model, tokens, target)")
             names.append(stage)
             maps.append(s.cpu())

@@ -30,7 +30,7 @@ from mechattr.runtime.memory import budget_bytes, fmt_bytes, row_bytes
 
 DEFAULT_MAX_ROWS = 2048
 GRAD_MAX_ROWS = 4096
-CPU_CHUNK_FLOATS = 2**19
+CPU_CHUNK_FLOATS = 2**22
 CPU_GRAD_TOKENS = 2048
 
 

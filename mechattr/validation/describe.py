@@ -34,7 +34,7 @@ def profile_words(profile: str, n_draws: int, n_ctrl: int, prof: dict, modes: Se
     return (f"profile {profile}: up to {n_draws} random rankings for token claims, up to {n_ctrl} matched head sets per "
             f"claim (or {prof['answer_draws']} random-answer draws when fewer than 20 exist), {prof['link_draws']} random "
             f"source tokens per link, ablation modes {', '.join(modes)} (first decides), {curve_draws} random curves, "
-            f"sanity check {'on' if prof['sanity'] else 'off'}, attention flow {'on' if prof['flow'] else 'off'}, "
+            f"sanity check {_sanity_words(prof)}, attention flow {'on' if prof['flow'] else 'off'}, "
             f"path patching of every head to the logits {'on' if prof['path_patch'] else 'off'}; "
             f"controls {'adaptive (stop when decided)' if adaptive else 'all drawn'}")
 
@@ -60,3 +60,11 @@ def circuit_claim(model: Any, batch: Batch, corrupted: torch.Tensor, target: Tar
     rec.outcome = "confirmed" if (f == f and 0.8 <= f <= 1.2 and low > 0) else "refuted" if (f == f and f < 0.5) else "inconclusive"
     rec.reason = f"faithfulness {f:.3g}, completeness gap ≤ {worst:.3g}, smallest minimality {low:.3g}"
     return rec
+
+
+def _sanity_words(prof: dict) -> str:
+    if not prof["sanity"]:
+        return "off"
+    st = prof.get("sanity_stages")
+    return ("on (first method, every cascade stage)" if st is None
+            else f"on (first method, {st} cascade stages evenly spaced from the unembedding to the fully randomized model)")

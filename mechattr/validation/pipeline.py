@@ -56,9 +56,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "fast": {"n_draws": 100, "max_head_controls": 100, "answer_draws": 1000, "link_draws": 100, "curve_draws": 1,
              "curve_steps": 5, "modes": ("mean",), "sanity": False, "flow": False, "path_patch": False},
     "default": {"n_draws": 100, "max_head_controls": 200, "answer_draws": 2000, "link_draws": 100, "curve_draws": 3,
-                "curve_steps": 10, "modes": ("mean",), "sanity": True, "flow": True, "path_patch": True},
+                "curve_steps": 10, "modes": ("mean",), "sanity": True, "sanity_stages": 3, "flow": True, "path_patch": True},
     "thorough": {"n_draws": 500, "max_head_controls": 500, "answer_draws": 5000, "link_draws": 200, "curve_draws": 5,
-                 "curve_steps": 20, "modes": ("mean", "zero", "resample"), "sanity": True, "flow": True,
+                 "curve_steps": 20, "modes": ("mean", "zero", "resample"), "sanity": True, "sanity_stages": None, "flow": True,
                  "path_patch": True},
 }
 RULE = ("Holm–Bonferroni within each family of claims (token maps; heads and head sets; links) at α = 0.05 on Monte Carlo "
@@ -232,7 +232,8 @@ def validate(
                                 curve_steps=curve_steps, curve_draws=curve_draws, source_positions=source_positions,
                                 removable=removable, min_effect=min_effect, seed=seed, batch_size=batch_size,
                                 adaptive=adaptive, sanity_methods=(sanity_methods if sanity_methods is not None
-                                                                   else (None if prof["sanity"] else ())))
+                                                                   else (None if prof["sanity"] else ())),
+                                sanity_stages=prof.get("sanity_stages"))
         for c in tok_claims:
             if c.id not in {r.id for r in rep.claims}:
                 steps.skip(c.id, f"method {c.method!r} is not among methods {list(named)}")

@@ -47,7 +47,8 @@ def _scores(res: Any) -> Any:
 def run_token_claims(model: Any, batch: Batch, target: Any, named: dict[str, Any], rep: Any, steps: Any, *, akw: dict,
                      k: Any, removal: str, n_draws: int, curve_steps: int, curve_draws: int, source_positions: Any,
                      removable: torch.Tensor, min_effect: float, seed: int, batch_size: int | None, adaptive: bool,
-                     round_size: int = 25, sanity_methods: Any = None, n_boot: int = 1000) -> dict[str, torch.Tensor]:
+                     round_size: int = 25, sanity_methods: Any = None, n_boot: int = 1000,
+                     sanity_stages: Any = None) -> dict[str, torch.Tensor]:
     """Fill ``rep`` (token maps, faithfulness, curves, agreement, sanity, token claims); returns the maps."""
     fkw = {"k": k, "removal": removal, "attention_mask": batch.attention_mask, "batch_size": batch_size}
     maps: dict[str, torch.Tensor] = {}
@@ -126,7 +127,7 @@ def run_token_claims(model: Any, batch: Batch, target: Any, named: dict[str, Any
         r = cascading_randomization(
             model, batch, target,
             lambda mm, tt, tg, fn=fn: _scores(attribute(mm, Batch(tt, batch.attention_mask), tg, fn, akw)),
-            seed=seed, attention_mask=batch.attention_mask)
+            seed=seed, attention_mask=batch.attention_mask, base=maps[name], stages=sanity_stages)
         rep.sanity[name] = r.summary()
         steps.stop()
     rep.settings["sanity_methods"] = sanity

@@ -176,11 +176,14 @@ def work_generation(c: dict) -> dict:
     cont = torch.randint(3, 50257, (N,), generator=g)
     full = torch.cat([prompt, cont])
 
+    m = c.get("method", "ig")
+    kw = {"n_steps": S, "baseline": 0} if m == "ig" else {}
+
     def shared():
-        return attribute_generation(model, prompt, cont, method="ig", n_steps=S, baseline=0)
+        return attribute_generation(model, prompt, cont, method=m, **kw)
 
     def separate():
-        return [attribute_tokens(model, full[: P + i][None], targets.logprob(int(cont[i])), "ig", n_steps=S, baseline=0) for i in range(N)]
+        return [attribute_tokens(model, full[: P + i][None], targets.logprob(int(cont[i])), m, **kw) for i in range(N)]
 
     house, trunk = units(model, full[None, :-1], 11)
     house()
@@ -218,8 +221,10 @@ def work_validate(c: dict) -> dict:
     secs = time.perf_counter() - t0
     verdicts = {}
     for cl in getattr(rep, "claims", []) or []:
-        verdicts[str(getattr(cl, "claim", cl))[:80]] = str(getattr(cl, "verdict", ""))[:40]
-    return {"seconds": secs, "load": load_avg(), "n_claims": len(verdicts), "verdicts": verdicts, "peak": peak()}
+        key = getattr(cl, "id", None) or str(getattr(cl, "claim", cl))[:80]
+        verdicts[str(key)] = str(getattr(cl, "outcome", None) or getattr(cl, "verdict", ""))[:40]
+    return {"seconds": secs, "load": load_avg(), "n_claims": len(verdicts), "verdicts": verdicts, "peak": peak(),
+            "timings": getattr(rep, "timings", None)}
 
 
 WORKERS = {"ig": work_ig, "budget": work_budget, "generation": work_generation, "validate": work_validate}
@@ -303,19 +308,26 @@ def section_budget(a) -> list[str]:
 def section_generation(a) -> list[str]:
     S = 4 if a.quick else 8
     N = 8 if a.quick else 32
-    r = run_case("generation", {"prompt": 32, "new": N, "n_steps": S, "rounds": 1 if a.quick else a.rounds}, a)
     lines = ["## Generation attribution", "",
-             f"IG (n_steps = {S}, baseline token 0) of {N} teacher-forced tokens after a 32-token prompt: "
-             f"`attribute_generation` (one forward per path point for all {N} steps, batched backward) vs {N} separate "
-             "`attribute_tokens` calls (one per generated token on its own prefix). unit = one forward+backward of the "
-             f"full {31 + N}-token sequence.", ""]
-    if "best" not in r:
-        return lines + [f"failed: {r}"]
-    b = r["best"]
-    lines += ["| | seconds | × unit |", "|---|---|---|",
-              f"| attribute_generation | {b['shared']:.2f} | {b['shared'] / b['house']:.1f} |",
-              f"| {N} separate calls | {b['separate']:.2f} | {b['separate'] / b['house']:.1f} |", "",
-              f"Speed-up {b['separate'] / b['shared']:.2f}×; max |difference| of the matrices {r['max_diff']:.1e}; load {r['load']}."]
+             f"{N} teacher-forced tokens after a 32-token prompt, target log-prob of each generated token: "
+             "`attribute_generation` (one call: the steps share each forward — one per path point for IG and saliency, "
+             "with a batched backward over the steps; one per occlusion window; one pattern forward for attention) vs "
+             f"{N} separate `attribute_tokens` calls (one per generated token on its own prefix). IG: n_steps = {S}, "
+             f"baseline token 0; the others at their defaults. unit = one forward+backward of the full {31 + N}-token "
+             f"sequence (full logits). Rounds interleaved (shared, separate), best of {1 if a.quick else a.rounds}.", "",
+             "| method | shared s | × unit | separate s | × unit | speed-up | max abs diff | load |", "|---|---|---|---|---|---|---|---|"]
+    for m in ("ig", "saliency", "occlusion", "attention"):
+        r = run_case("generation", {"prompt": 32, "new": N, "n_steps": S, "method": m, "rounds": 1 if a.quick else a.rounds}, a)
+        if "best" not in r:
+            lines.append(f"| {m} | failed: {str(r)[:100]} |")
+            continue
+        b = r["best"]
+        lines.append(f"| {m} | {b['shared']:.2f} | {b['shared'] / b['house']:.1f} | {b['separate']:.2f} | "
+                     f"{b['separate'] / b['house']:.1f} | {b['separate'] / b['shared']:.2f}× | {r['max_diff']:.1e} | {r['load']} |")
+    lines += ["", "A gradient method needs one backward per generated token whichever way it runs (the Jacobian "
+              "of N outputs has N rows; reverse mode gives one per backward), so sharing saves the forwards and "
+              "batches the backwards: its ceiling is about (forward + backward) / backward ≈ 2× plus batching "
+              "efficiency. Forward-only methods save N× the forwards."]
     return lines
 
 
@@ -327,6 +339,7 @@ def section_validate(a) -> list[str]:
              f"Default settings (and `profile=\"fast\"` where available); \"before\" = commit {a.before} (git worktree, "
              f"PYTHONPATH), \"after\" = this checkout. Cut off after {a.validate_timeout} s.", "",
              "| code | profile | seconds | claims | load |", "|---|---|---|---|---|"]
+    runs: dict[str, dict] = {}
     for who, pp in (("before", str(wt)), ("after", str(ROOT))):
         if who not in a.validate_sides:
             lines.append(f"| {who} | – | not run in this pass | | |")
@@ -335,6 +348,18 @@ def section_validate(a) -> list[str]:
             r = run_case("validate", {"who": who, "profile": prof}, a, pythonpath=pp, timeout=a.validate_timeout)
             secs = f"{r['seconds']:.0f}" if "seconds" in r else (f"> {r['timeout']} (cut off)" if "timeout" in r else str(r.get("skipped") or r.get("error"))[:120])
             lines.append(f"| {who} | {prof} | {secs} | {r.get('n_claims', '–')} | {r.get('load', '–')} |")
+            if who == "after" and "verdicts" in r:
+                runs[prof] = r
+    lines.append("")
+    for prof, r in runs.items():
+        steps = ", ".join(f"{k} {v:.0f} s" for k, v in (r.get("timings") or {}).items() if v >= 1)
+        lines.append(f"- after, {prof}: verdicts " + ", ".join(f"{k} {v}" for k, v in r["verdicts"].items()) + f"; steps: {steps}.")
+    if len(runs) > 1:
+        a_, b_ = list(runs.values())[:2]
+        common = sorted(set(a_["verdicts"]) & set(b_["verdicts"]))
+        same = [k for k in common if a_["verdicts"][k] == b_["verdicts"][k]]
+        lines.append(f"- after: {len(same)} of {len(common)} claims in common get the same verdict in both profiles"
+                     + ("" if len(same) == len(common) else f" (differ: {sorted(set(common) - set(same))})") + ".")
     return lines
 
 

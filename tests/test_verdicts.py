@@ -105,13 +105,41 @@ def test_adaptive_controls_reach_the_full_draw_verdicts():
     g = torch.Generator().manual_seed(1)
     tok = torch.randint(1, 24, (6, 8), generator=g)
     tgt = targets.logit(torch.randint(1, 24, (6,), generator=g))
-    kw = dict(FAST, claims={"a": "L2H1", "b": ["L1H0", "L2H3"]}, max_head_controls=60, top_heads=2, n_draws=60, seed=0)
+    kw = dict(FAST, claims={"a": "L2H1", "b": ["L1H0", "L2H3"]}, max_head_controls=60, top_heads=2, n_draws=60, seed=0,
+              top_links=2)
     a = validate(m, tok, tgt, adaptive=True, **kw)
     f = validate(m, tok, tgt, adaptive=False, **kw)
     assert a.verdicts() == f.verdicts()
-    na = {c.id: c.primary.n_controls for c in a.claims if c.kind in ("head", "set")}
-    nf = {c.id: c.primary.n_controls for c in f.claims if c.kind in ("head", "set")}
+    na = {c.id: c.primary.n_controls for c in a.claims if c.kind in ("head", "set", "link")}
+    nf = {c.id: c.primary.n_controls for c in f.claims if c.kind in ("head", "set", "link")}
+    assert any(c.kind == "link" for c in a.claims)
     assert all(na[k] <= nf[k] for k in na)
+
+
+def test_fast_profile_runs_path_methods_at_few_steps_and_escalates_when_incomplete(monkeypatch):
+    """profile="fast": IG first at 16 steps; the map is attribute_tokens' at 16 steps when it
+    passes completeness, and the method's default (64) when it does not."""
+    from mechattr.attribution.tokens import attribute_tokens
+    from mechattr.faithfulness import completeness
+    from mechattr.validation import token_maps
+
+    m = make_model(n_layers=2, seed=5)
+    g = torch.Generator().manual_seed(4)
+    tok = torch.randint(1, 24, (4, 8), generator=g)
+    tgt = targets.logit(torch.randint(1, 24, (4,), generator=g))
+    kw = dict(FAST, methods=["ig"], top_heads=0, top_links=0, n_draws=20, seed=0)
+    ref16 = attribute_tokens(m, tok, tgt, "ig", n_steps=16)
+    assert completeness(ref16)["passes"]  # precondition: this small model converges at 16 steps
+    rep = validate(m, tok, tgt, **kw)
+    assert rep.settings["path_steps"] == {"ig": 16}
+    torch.testing.assert_close(rep.token_maps["ig"], ref16.scores.float(), atol=1e-6, rtol=1e-6)
+    monkeypatch.setattr(token_maps, "completeness", lambda res, **k: {**completeness(res), "passes": False})
+    rep2 = validate(m, tok, tgt, **kw)
+    assert rep2.settings["path_steps"] == {"ig": 64}
+    torch.testing.assert_close(rep2.token_maps["ig"], attribute_tokens(m, tok, tgt, "ig").scores.float(), atol=1e-6, rtol=1e-6)
+    assert "16 steps first" in rep2.settings["profile_runs"]
+    exact = validate(m, tok, tgt, **dict(kw, profile="default"))
+    assert exact.settings["path_steps"] == {}  # the default profile runs every method at its own default
 
 
 def test_random_init_model_with_one_prompt_confirms_nothing():

@@ -7,9 +7,11 @@ estimated bytes of one row (:func:`mechattr.runtime.memory.row_bytes`, from the 
 shapes: layers, widths, attention patterns ``n_heads·pos²``, the unembedding only at the
 positions the target reads).
 
-* Forward-only engines (:func:`max_rows`): on CPU additionally cache-sized — ``rows · pos ·
-  max(d_model, d_mlp)`` within ``CPU_CHUNK_FLOATS`` floats (on the benchmark model 32-row
-  chunks ran 15–20 % faster than 64 or 2048) — and at most ``DEFAULT_MAX_ROWS`` elsewhere.
+* Forward-only engines (:func:`max_rows`): on CPU additionally at most ``CPU_CHUNK_TOKENS``
+  tokens (``rows · pos``) per chunk — measured fastest per row on both the organisms
+  (32 rows × 32 tokens ran 15–20 % faster than 64 or 2048 rows) and GPT-2-small (16–64
+  rows at 32 tokens, 8–16 at 128, 1–2 at 512; one 512-row chunk was 60 % slower per row:
+  the MLP hidden falls out of cache) — and at most ``DEFAULT_MAX_ROWS`` elsewhere.
 * Gradient engines (:func:`grad_plan`): as many rows as the budget allows, at most
   ``GRAD_MAX_ROWS``; on CPU at most ``CPU_GRAD_TOKENS`` tokens per chunk (a cap on how
   much one chunk allocates; not tuned on an idle machine). When one row does not fit, the plan asks for recomputation
@@ -30,7 +32,7 @@ from mechattr.runtime.memory import budget_bytes, fmt_bytes, row_bytes
 
 DEFAULT_MAX_ROWS = 2048
 GRAD_MAX_ROWS = 4096
-CPU_CHUNK_FLOATS = 2**22
+CPU_CHUNK_TOKENS = 1024
 CPU_GRAD_TOKENS = 2048
 
 
@@ -65,9 +67,9 @@ def _too_big(what: str, need: int, budget: int, source: str) -> ValueError:
 def max_rows(model: Any, n_pos: int, batch_size: int | None, device: torch.device | str, *, n_read: int | None = 1, max_memory: Any = None) -> int:
     """Rows per forward (no gradients): ``batch_size`` when given; else as many as the memory
     budget allows (:func:`~mechattr.runtime.memory.row_bytes` with ``backward=False``,
-    ``n_read`` positions unembedded per row), and on CPU also within ``CPU_CHUNK_FLOATS``
-    (cache-sized), else at most ``DEFAULT_MAX_ROWS``; ≥ 1. ``ValueError`` when a single row
-    exceeds the budget."""
+    ``n_read`` positions unembedded per row), and on CPU also within ``CPU_CHUNK_TOKENS``
+    tokens per chunk (cache-sized), else at most ``DEFAULT_MAX_ROWS``; ≥ 1. ``ValueError``
+    when a single row exceeds the budget."""
     if batch_size is not None:
         check_batch_size(batch_size)
         return batch_size
@@ -79,9 +81,7 @@ def max_rows(model: Any, n_pos: int, batch_size: int | None, device: torch.devic
         raise _too_big(f"one forward row of {n_pos} tokens", need, budget, source)
     if dev.type != "cpu":
         return int(min(DEFAULT_MAX_ROWS, fit))
-    cfg = getattr(model, "cfg", None)
-    width = max(int(getattr(cfg, "d_model", None) or 1), int(getattr(cfg, "d_mlp", None) or 1))
-    return int(max(1, min(fit, CPU_CHUNK_FLOATS // (max(1, n_pos) * width))))
+    return int(max(1, min(fit, CPU_CHUNK_TOKENS // max(1, n_pos))))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,11 @@ def target_words(model: Any, target: Target, batch: Batch) -> list[str]:
 
 
 def profile_words(profile: str, n_draws: int, n_ctrl: int, prof: dict, modes: Sequence[str], curve_draws: int, adaptive: bool) -> str:
-    return (f"profile {profile}: up to {n_draws} random rankings for token claims, up to {n_ctrl} matched head sets per "
+    steps = prof.get("path_steps")
+    return (f"profile {profile}: up to {n_draws} random rankings for token claims"
+            + (" (the fewest that reach Holm's strictest level over the methods)" if not prof["n_draws"] else "")
+            + (f", path methods at {steps} steps first (the method's default when completeness fails)" if steps else "")
+            + f", up to {n_ctrl} matched head sets per "
             f"claim (or {prof['answer_draws']} random-answer draws when fewer than 20 exist), {prof['link_draws']} random "
             f"source tokens per link, ablation modes {', '.join(modes)} (first decides), {curve_draws} random curves, "
             f"sanity check {_sanity_words(prof)}, attention flow {'on' if prof['flow'] else 'off'}, "

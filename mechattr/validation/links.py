@@ -104,14 +104,18 @@ def random_other_positions(removable: Tensor, src: Tensor, draws: int, seed: int
 
 def run_link_claims(model: Any, batch: Batch, target: Target, maps: dict[str, Tensor], rep: Any, *, removable: Tensor,
                     q: Tensor, top_links: int, n_draws: int, min_effect: float, seed: int, batch_size: int | None,
-                    floor: float = 0.05) -> None:
+                    floor: float = 0.05, adaptive: bool = True, round_size: int = 25) -> None:
     """Link claims for the ``top_links`` strongest heads (:func:`link_strength` from each
     example's top token of the first method): remove that edge (per example, with a bootstrap
     interval) vs the same edge from ``n_draws`` random other source tokens (two-sided). Only
-    heads whose link strength exceeds ``floor`` × the largest (and 0) become claims."""
+    heads whose link strength exceeds ``floor`` × the largest (and 0) become claims.
+    ``adaptive``: the random sources are evaluated ``round_size`` at a time, in the order of
+    the full draw, and stop once the test cannot become significant
+    (:func:`~mechattr.validation.stats.decided_not_significant`): the verdict equals the full
+    draw's; the number used is the test's ``n_controls``."""
     from mechattr.components import all_heads
     from mechattr.faithfulness.metrics import top_mask
-    from mechattr.validation.stats import ALPHA, bootstrap_ci, mc_pvalue
+    from mechattr.validation.stats import ALPHA, bootstrap_ci, decided_not_significant, mc_pvalue
     from mechattr.validation.verdicts import MIN_EXAMPLES, Claim, TestResult
 
     heads = all_heads(model)
@@ -127,9 +131,13 @@ def run_link_claims(model: Any, batch: Batch, target: Target, maps: dict[str, Te
     strong = [i for i in order.tolist() if flat[i] > 0 and flat[i] > floor * float(flat.max())]
     for i in strong[:top_links]:
         h = heads[int(i)]
-        eff = edge_effects(model, batch, target, h.layer, h.head, q, torch.cat([src[None], rnd]), batch_size=batch_size,
+        step = round_size if adaptive else n_draws
+        eff = edge_effects(model, batch, target, h.layer, h.head, q, torch.cat([src[None], rnd[:step]]), batch_size=batch_size,
                            per_example=True)
         per, ctrl = eff[0], eff[1:].mean(-1)
+        while ctrl.numel() < n_draws and not decided_not_significant(int((ctrl.abs() >= abs(float(per.mean()))).sum()), n_draws):
+            more = rnd[ctrl.numel() : ctrl.numel() + step]
+            ctrl = torch.cat([ctrl, edge_effects(model, batch, target, h.layer, h.head, q, more, batch_size=batch_size)])
         lo, hi = bootstrap_ci(per, seed=seed) if n >= MIN_EXAMPLES else (None, None)
         thr = float(torch.quantile(ctrl.abs().double(), 1 - ALPHA))
         t = TestResult("edge removal (value at the top token → target position)", float(per.mean()), thr, int(ctrl.numel()),

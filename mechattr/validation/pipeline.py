@@ -53,8 +53,8 @@ from mechattr.validation.verdicts import Claim, decide
 DEFAULT_METHODS = ("ig", "input_x_gradient", "saliency", "attention")
 ABLATION_MODES = ("zero", "mean", "resample")
 PROFILES: dict[str, dict[str, Any]] = {
-    "fast": {"n_draws": 100, "max_head_controls": 100, "answer_draws": 1000, "link_draws": 100, "curve_draws": 1,
-             "curve_steps": 5, "modes": ("mean",), "sanity": False, "flow": False, "path_patch": False},
+    "fast": {"n_draws": 0, "max_head_controls": 100, "answer_draws": 1000, "link_draws": 100, "curve_draws": 1,
+             "curve_steps": 5, "modes": ("mean",), "sanity": False, "flow": False, "path_patch": False, "path_steps": 16},
     "default": {"n_draws": 100, "max_head_controls": 200, "answer_draws": 2000, "link_draws": 100, "curve_draws": 3,
                 "curve_steps": 10, "modes": ("mean",), "sanity": True, "sanity_stages": 3, "flow": True, "path_patch": True},
     "thorough": {"n_draws": 500, "max_head_controls": 500, "answer_draws": 5000, "link_draws": 200, "curve_draws": 5,
@@ -233,7 +233,7 @@ def validate(
                                 removable=removable, min_effect=min_effect, seed=seed, batch_size=batch_size,
                                 adaptive=adaptive, sanity_methods=(sanity_methods if sanity_methods is not None
                                                                    else (None if prof["sanity"] else ())),
-                                sanity_stages=prof.get("sanity_stages"))
+                                sanity_stages=prof.get("sanity_stages"), path_steps=prof.get("path_steps"))
         for c in tok_claims:
             if c.id not in {r.id for r in rep.claims}:
                 steps.skip(c.id, f"method {c.method!r} is not among methods {list(named)}")
@@ -315,7 +315,7 @@ def validate(
             steps.start("token→head links")
             run_link_claims(model, batch, target, maps, rep, removable=removable, q=q, top_links=top_links,
                             n_draws=prof["link_draws"], min_effect=me, seed=seed, batch_size=batch_size,
-                            floor=claim_floor)
+                            floor=claim_floor, adaptive=adaptive)
             steps.stop()
 
         # 3c. circuits ------------------------------------------------------------------------------

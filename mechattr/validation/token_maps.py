@@ -40,6 +40,32 @@ def attribute(model: Any, batch: Batch, target: Any, method: Any, kw: dict) -> A
     return attribute_tokens(model, batch.tokens, target, method=method, attention_mask=batch.attention_mask, **kw)
 
 
+def _attribute_steps(model: Any, batch: Batch, target: Any, method: Any, kw: dict, path_steps: int | None, rep: Any) -> Any:
+    """:func:`attribute`, first with ``path_steps`` steps for a path method (``run_token_claims``)."""
+    import warnings as _w
+
+    from mechattr.attribution.tokens import METHODS, _load_methods
+
+    default = None
+    if path_steps is not None and isinstance(method, str) and "n_steps" not in kw:
+        _load_methods()
+        spec = METHODS.get(method) if method in METHODS else None
+        default = getattr(spec, "default_steps", None)
+    used = rep.settings.setdefault("path_steps", {})
+    if default is None or default <= path_steps:
+        if default is not None:
+            used[method] = default
+        return attribute(model, batch, target, method, kw)
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")  # the trial's convergence warning: the check below decides
+        res = attribute(model, batch, target, method, {**kw, "n_steps": path_steps})
+    if getattr(res, "convergence_delta", None) is not None and completeness(res)["passes"]:
+        used[method] = path_steps
+        return res
+    used[method] = default
+    return attribute(model, batch, target, method, kw)
+
+
 def _scores(res: Any) -> Any:
     return getattr(res, "scores", res)
 
@@ -48,8 +74,13 @@ def run_token_claims(model: Any, batch: Batch, target: Any, named: dict[str, Any
                      k: Any, removal: str, n_draws: int, curve_steps: int, curve_draws: int, source_positions: Any,
                      removable: torch.Tensor, min_effect: float, seed: int, batch_size: int | None, adaptive: bool,
                      round_size: int = 25, sanity_methods: Any = None, n_boot: int = 1000,
-                     sanity_stages: Any = None) -> dict[str, torch.Tensor]:
-    """Fill ``rep`` (token maps, faithfulness, curves, agreement, sanity, token claims); returns the maps."""
+                     sanity_stages: Any = None, path_steps: int | None = None) -> dict[str, torch.Tensor]:
+    """Fill ``rep`` (token maps, faithfulness, curves, agreement, sanity, token claims); returns the maps.
+
+    ``path_steps``: path methods (a registered default ``n_steps``) first run with this many
+    steps when the caller gave no ``n_steps``; a map that fails completeness
+    (:func:`mechattr.faithfulness.completeness`: ``|δ| ≤ 1e-3 + 5 % |F(x) − F(x')|``) is
+    recomputed at the method's default. The steps used are in ``rep.settings["path_steps"]``."""
     fkw = {"k": k, "removal": removal, "attention_mask": batch.attention_mask, "batch_size": batch_size}
     maps: dict[str, torch.Tensor] = {}
     results: dict[str, Any] = {}
@@ -57,7 +88,7 @@ def run_token_claims(model: Any, batch: Batch, target: Any, named: dict[str, Any
     for name, m in named.items():
         steps.start(f"attribution: {name}")
         try:
-            res = attribute(model, batch, target, m, akw)
+            res = _attribute_steps(model, batch, target, m, akw, path_steps, rep)
         except ImportError as err:
             steps.skip(f"attribution: {name}", f"attribute_tokens not available ({err})")
             continue

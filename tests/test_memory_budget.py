@@ -211,3 +211,32 @@ def test_peak_rss_stays_within_max_memory_on_a_long_input(tmp_path):
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert 0 < got["budgeted"] <= budget, got
     assert got["unbudgeted"] > budget, got
+
+
+def test_cpu_forward_chunks_hold_at_most_1024_tokens_and_removal_metrics_use_them():
+    """Forward-only chunks on CPU: ``CPU_CHUNK_TOKENS // pos`` rows (≥ 1) when the budget allows
+    more; the removal metrics go through the same planner (same numbers under a budget of one
+    row per forward as in one big batch)."""
+    from mechattr.faithfulness import faithfulness
+    from mechattr.runtime.chunks import CPU_CHUNK_TOKENS
+
+    model = make_model(n_layers=2, d_model=32, n_ctx=64)
+    assert max_rows(model, 32, None, "cpu", max_memory="100GB") == CPU_CHUNK_TOKENS // 32
+    assert max_rows(model, 64, None, "cpu", max_memory="100GB") == CPU_CHUNK_TOKENS // 64
+    assert max_rows(model, 4 * CPU_CHUNK_TOKENS, None, "cpu", max_memory="100GB") == 1
+    toks = torch.randint(1, 24, (3, 16), generator=torch.Generator().manual_seed(5))
+    target = targets.logit(torch.tensor([1, 2, 3]))
+    scores = torch.randn(3, 16, generator=torch.Generator().manual_seed(6))
+    big = faithfulness(model, toks, target, scores, n_draws=6, k=0.25, batch_size=1000)
+    sizes = []
+    h = model.hook_dict["hook_embed"].register_forward_hook(lambda mod, i, out: sizes.append(out.shape[0]))
+    try:
+        with memory_budget(row_bytes(model, 16, backward=False, n_read=1)):
+            assert max_rows(model, 16, None, "cpu") == 1
+            small = faithfulness(model, toks, target, scores, n_draws=6, k=0.25)
+    finally:
+        h.remove()
+    assert max(sizes) == 1 and len(sizes) > 6  # one row per forward: the planner chunked the variants
+    torch.testing.assert_close(small.comprehensiveness, big.comprehensiveness, atol=1e-5, rtol=1e-5)
+    for k in big.control:
+        torch.testing.assert_close(small.control[k], big.control[k], atol=1e-5, rtol=1e-5)

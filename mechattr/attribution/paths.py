@@ -40,6 +40,7 @@ from mechattr.runtime.arch import arch, supports_start_at_layer
 from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import hook_layer
 from mechattr.runtime.chunks import (
+    CPU_FANOUT_TOKENS,
     check_batch_size,
     grad_plan,
     grad_rows,
@@ -383,7 +384,10 @@ def _shared_loop(plan: _Plan, target: Target, xf: Tensor, bf: Tensor, al: Tensor
             check_finite(f, "target along the path")
             if with_grad:
                 eye = torch.eye(n, device=dev, dtype=f.dtype)[:, None, :].expand(n, k, n)
-                (g,) = torch.autograd.grad(f, act, eye, is_grads_batched=True)  # [n, k, *act]
+                # the n cotangents in groups whose batched backward stays cache-sized on CPU
+                grp = n if dev.type != "cpu" else max(1, CPU_FANOUT_TOKENS // max(1, k * act.shape[1]))
+                g = torch.cat([torch.autograd.grad(f, act, eye[j : j + grp], is_grads_batched=True, retain_graph=j + grp < n)[0]
+                               for j in range(0, n, grp)])  # [n, k, *act]
         f_path[r, s] = f.detach()
         if with_grad:
             g = g.float().transpose(0, 1)  # [k, n, *act]

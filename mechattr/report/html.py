@@ -222,7 +222,8 @@ def render_html(report: Any) -> str:
                 rows.append({"method": m, "randomized through": stage, "Spearman": r, "Spearman |·|": ra})
             rows.append({"method": m, "randomized through": "passes" if s["passes"] else "FAILS", "Spearman": None, "Spearman |·|": None})
         body = ("<p class='note'>Cascading parameter randomization (Adebayo et al. 2018) on a copy of the model, "
-                "top layer first: a faithful map decorrelates from the trained model's map.</p>" + _table(pd.DataFrame(rows)))
+                "top layer first: a faithful map decorrelates from the trained model's map. Every stage up to a row's "
+                "is re-drawn; rows are the stages evaluated (the default profile evaluates three).</p>" + _table(pd.DataFrame(rows)))
         parts.append(_section("Sanity checks", body, "sanity"))
 
     # heads

@@ -40,8 +40,8 @@ from mechattr.runtime.arch import arch, supports_start_at_layer
 from mechattr.runtime.attention import require_live
 from mechattr.runtime.cache import hook_layer
 from mechattr.runtime.chunks import (
-    CPU_FANOUT_TOKENS,
     check_batch_size,
+    fanout_group,
     grad_plan,
     grad_rows,
     max_rows,
@@ -359,8 +359,7 @@ def _shared_path(toks: Tensor, mask: Tensor | None, x: Tensor, b: Tensor, al: Te
     def same(t: Tensor | None, dim: int) -> bool:
         return t is None or bool((t == t.narrow(dim, 0, 1)).all())
 
-    return (toks.shape[0] > 1 and isinstance(target, Target) and same(toks, 0) and same(mask, 0) and same(x, 0)
-            and same(b, 1) and same(al, 2) and same(wt, 2))
+    return _same_inputs(toks, mask, target) and same(x, 0) and same(b, 1) and same(al, 2) and same(wt, 2)
 
 
 def _shared_loop(plan: _Plan, target: Target, xf: Tensor, bf: Tensor, al: Tensor, wt: Tensor, G: Tensor, f_path: Tensor,
@@ -384,8 +383,7 @@ def _shared_loop(plan: _Plan, target: Target, xf: Tensor, bf: Tensor, al: Tensor
             check_finite(f, "target along the path")
             if with_grad:
                 eye = torch.eye(n, device=dev, dtype=f.dtype)[:, None, :].expand(n, k, n)
-                # the n cotangents in groups whose batched backward stays cache-sized on CPU
-                grp = n if dev.type != "cpu" else max(1, CPU_FANOUT_TOKENS // max(1, k * act.shape[1]))
+                grp = fanout_group(n, k * act.shape[1], dev)
                 g = torch.cat([torch.autograd.grad(f, act, eye[j : j + grp], is_grads_batched=True, retain_graph=j + grp < n)[0]
                                for j in range(0, n, grp)])  # [n, k, *act]
         f_path[r, s] = f.detach()

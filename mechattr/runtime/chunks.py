@@ -134,6 +134,15 @@ def grad_rows(model: Any, n_pos: int, *, n_read: int | None = None, max_memory: 
     return grad_plan(model, n_pos, n_read=n_read, max_memory=max_memory).rows
 
 
+def fanout_group(n_out: int, tokens: int, device: torch.device | str) -> int:
+    """Cotangents per batched backward when one forward of ``tokens`` tokens feeds ``n_out``
+    outputs (a shared path): all of them on an accelerator, on CPU at most
+    ``CPU_FANOUT_TOKENS`` tokens' worth (≥ 1) so the batched backward stays cache-sized."""
+    if torch.device(device).type != "cpu":
+        return n_out
+    return max(1, min(n_out, CPU_FANOUT_TOKENS // max(1, tokens)))
+
+
 def row_chunks(n_rows: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` rows covering ``0 … n_rows``."""
     for i in range(0, n_rows, max(1, size)):

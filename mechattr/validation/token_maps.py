@@ -40,8 +40,9 @@ def attribute(model: Any, batch: Batch, target: Any, method: Any, kw: dict) -> A
     return attribute_tokens(model, batch.tokens, target, method=method, attention_mask=batch.attention_mask, **kw)
 
 
-def _attribute_steps(model: Any, batch: Batch, target: Any, method: Any, kw: dict, path_steps: int | None, rep: Any) -> Any:
-    """:func:`attribute`, first with ``path_steps`` steps for a path method (``run_token_claims``)."""
+def _attribute_steps(model: Any, batch: Batch, target: Any, method: Any, kw: dict, path_steps: int | None) -> tuple[Any, int | None]:
+    """:func:`attribute`, first with ``path_steps`` steps for a path method (``run_token_claims``);
+    returns the result and the steps it used (``None`` for a method without steps)."""
     import warnings as _w
 
     from mechattr.attribution.tokens import METHODS, _load_methods
@@ -51,19 +52,14 @@ def _attribute_steps(model: Any, batch: Batch, target: Any, method: Any, kw: dic
         _load_methods()
         spec = METHODS.get(method) if method in METHODS else None
         default = getattr(spec, "default_steps", None)
-    used = rep.settings.setdefault("path_steps", {})
     if default is None or default <= path_steps:
-        if default is not None:
-            used[method] = default
-        return attribute(model, batch, target, method, kw)
+        return attribute(model, batch, target, method, kw), default
     with _w.catch_warnings():
         _w.simplefilter("ignore")  # the trial's convergence warning: the check below decides
         res = attribute(model, batch, target, method, {**kw, "n_steps": path_steps})
     if getattr(res, "convergence_delta", None) is not None and completeness(res)["passes"]:
-        used[method] = path_steps
-        return res
-    used[method] = default
-    return attribute(model, batch, target, method, kw)
+        return res, path_steps
+    return attribute(model, batch, target, method, kw), default
 
 
 def _scores(res: Any) -> Any:
@@ -85,13 +81,16 @@ def run_token_claims(model: Any, batch: Batch, target: Any, named: dict[str, Any
     maps: dict[str, torch.Tensor] = {}
     results: dict[str, Any] = {}
     warnings: list[str] = []
+    path_used: dict[str, int] = rep.settings.setdefault("path_steps", {})
     for name, m in named.items():
         steps.start(f"attribution: {name}")
         try:
-            res = _attribute_steps(model, batch, target, m, akw, path_steps, rep)
+            res, used = _attribute_steps(model, batch, target, m, akw, path_steps)
         except ImportError as err:
             steps.skip(f"attribution: {name}", f"attribute_tokens not available ({err})")
             continue
+        if used is not None:
+            path_used[name] = used
         maps[name] = torch.as_tensor(_scores(res)).detach().float().to(batch.tokens.device)
         for w in (getattr(res, "settings", None) or {}).get("warnings", []) if isinstance(getattr(res, "settings", None), dict) else []:
             if w not in warnings:
@@ -155,9 +154,10 @@ def run_token_claims(model: Any, batch: Batch, target: Any, named: dict[str, Any
     for name in sanity:
         steps.start(f"sanity: {name}")
         fn = named[name]
+        skw = {**akw, "n_steps": path_used[name]} if name in path_used else akw  # the steps its map used
         r = cascading_randomization(
             model, batch, target,
-            lambda mm, tt, tg, fn=fn: _scores(attribute(mm, Batch(tt, batch.attention_mask), tg, fn, akw)),
+            lambda mm, tt, tg, fn=fn, skw=skw: _scores(attribute(mm, Batch(tt, batch.attention_mask), tg, fn, skw)),
             seed=seed, attention_mask=batch.attention_mask, base=maps[name], stages=sanity_stages)
         rep.sanity[name] = r.summary()
         steps.stop()

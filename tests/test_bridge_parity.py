@@ -66,3 +66,28 @@ def test_validate_runs_on_bridge(hf_bridge):
     br = hf_bridge
     rep = mechattr.validate(br, TOKS, TGT, corrupted=COR, methods=("ig", "saliency"))
     assert rep.claims and {c.verdict_kind for c in rep.claims} <= {"confirmed", "refuted", "redundant", "inconclusive", "underpowered"}
+
+
+def test_bridge_forwards_end_at_the_hooks_they_need(hf_bridge, unchanged):
+    """A bridge has no ``stop_at_layer``: reading early activations (the clean embedding of
+    a token method, a cache of block 0) must still not run the later blocks. Rows through
+    the last block = only the rows whose output is needed."""
+    from mechattr.runtime.cache import cache_activations
+
+    last = hf_bridge.hook_dict[f"blocks.{hf_bridge.cfg.n_layers - 1}.hook_resid_post"]
+    rows = []
+    h = last.register_forward_hook(lambda mod, inp, out: rows.append(out.shape[0]))
+    try:
+        with unchanged(hf_bridge):
+            acts = cache_activations(hf_bridge, TOKS, ["hook_embed", "blocks.0.hook_resid_post"])
+            assert rows == [] and set(acts) == {"hook_embed", "blocks.0.hook_resid_post"}
+            sal = mechattr.attribute_tokens(hf_bridge, TOKS, TGT, method="saliency").scores
+    finally:
+        h.remove()
+    assert sum(rows) == TOKS.shape[0]  # the gradient rows only: no extra forward for the clean embedding
+    # same numbers as a full forward would give
+    full = {}
+    with torch.no_grad(), hf_bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda a, hook: full.setdefault("x", a.clone()))]):
+        hf_bridge(TOKS)
+    torch.testing.assert_close(acts["blocks.0.hook_resid_post"], full["x"])
+    assert torch.isfinite(sal).all()

@@ -27,14 +27,14 @@ def _path_out(r: Any, **extras: Any) -> MethodOutput:
 def saliency(ctx: Ctx) -> MethodOutput:
     """Saliency: ``∂F/∂e_t`` at the input (Simonyan et al. 2014), reduced by its
     L2 norm over ``d_model`` by default (``reduction="sum"`` gives the signed sum)."""
-    r = ctx.integrate([1.0], [1.0], _zero_baseline(ctx))
+    r = ctx.integrate([1.0], [1.0], _zero_baseline(ctx), baseline_value=False)
     return MethodOutput(r.grads, None, r.f_input, None)
 
 
 @register("input_x_gradient", cite="Shrikumar et al. 2016")
 def input_x_gradient(ctx: Ctx) -> MethodOutput:
     """Gradient × input: ``e_t ⊙ ∂F/∂e_t`` (Shrikumar et al. 2016)."""
-    r = ctx.integrate([1.0], [1.0], _zero_baseline(ctx))
+    r = ctx.integrate([1.0], [1.0], _zero_baseline(ctx), baseline_value=False)
     return MethodOutput(r.attributions, None, r.f_input, None)
 
 

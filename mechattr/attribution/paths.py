@@ -48,6 +48,7 @@ from mechattr.runtime.chunks import (
     n_read_of,
     row_chunks,
 )
+from mechattr.runtime.hooks import forward_until
 from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 __all__ = ["SCHEDULES", "ConvergenceWarning", "PathIntegral", "convergence_report", "default_batch_size", "evaluate_at_hook", "hook_layer", "path_integral", "schedule"]
@@ -71,8 +72,8 @@ class PathIntegral:
     grads_per_baseline: Tensor
     attributions_per_baseline: Tensor
     f_input: Tensor
-    f_baseline: Tensor
-    f_baseline_per: Tensor
+    f_baseline: Tensor | None
+    f_baseline_per: Tensor | None
     f_path: Tensor
     alphas: Tensor
     weights: Tensor
@@ -80,6 +81,8 @@ class PathIntegral:
     @property
     def convergence_delta(self) -> Float[Tensor, " batch"]:
         """``Σ attributions − (F(x) − F(b))`` per example (completeness error)."""
+        if self.f_baseline is None:
+            raise ValueError("this path integral was run with baseline_value=False: F(b) was not evaluated, so there is no convergence delta")
         return self.attributions.flatten(1).sum(-1) - (self.f_input - self.f_baseline)
 
 
@@ -134,8 +137,12 @@ class _Plan:
                 stop = {"stop_at_layer": layer + 1}
             elif self.hook_name in ("hook_embed", "hook_pos_embed"):
                 stop = {"stop_at_layer": 0}
-        with torch.no_grad(), self.model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
-            self.model(self.tokens, **stop, **kw)
+        if not stop and names == {self.hook_name}:  # a bridge: end the forward at the hook
+            with torch.no_grad():
+                store[self.hook_name] = forward_until(self.model, self.tokens, self.hook_name, **kw).detach()
+        else:
+            with torch.no_grad(), self.model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
+                self.model(self.tokens, **stop, **kw)
         self.clean_act = store[self.hook_name]
         self.resid = store.get(f"blocks.{self.start}.hook_resid_pre")
 
@@ -251,6 +258,7 @@ def path_integral(
     batch_size: int | None = None,
     grad_clip: float | tuple[float, float] | None = None,
     with_grad: bool = True,
+    baseline_value: bool = True,
 ) -> PathIntegral:
     """Integrate ``∂F/∂a`` along ``a(α) = b + α·(x − b)`` at the activation ``hook_name``.
 
@@ -268,6 +276,10 @@ def path_integral(
     ``weights``: ``[S]``, ``[S, batch]`` (per-example) or ``[R, S, batch]`` (e.g. from
     :func:`schedule`). ``grad_clip``: θ (cap ``|∂F/∂a| ≤ θ``) or ``(θ⁻, θ⁺)``, IGCG (paper
     003, A.2). ``with_grad=False`` only evaluates ``f_path`` (grads are zeros).
+    ``F(x)`` and ``F(b_r)`` are read off ``f_path`` where a step sits at α = 1 / α = 0 (no
+    extra forward), else evaluated; ``baseline_value=False`` skips ``F(b)`` for callers
+    that report no completeness error (``f_baseline``/``f_baseline_per`` are ``None`` and
+    ``convergence_delta`` raises).
     Rows ``R·S·batch`` run in chunks of ``batch_size`` (default: :func:`default_batch_size`);
     a plain-callable target gets whole-batch blocks of rows. Returns :class:`PathIntegral`.
     """
@@ -312,16 +324,41 @@ def path_integral(
             _shared_loop(plan, target, xf, bf, al, wt, G, f_path, size, with_grad, (lo, hi), x.dtype)
         else:
             _row_loop(plan, target, xf, bf, al, wt, G, f_path, size, with_grad, (lo, hi), x.dtype, ck)
-        ends = torch.cat([x[None], b])
-        f_ends = _evaluate(plan, target, lambda v, e: ends[v, e], R + 1, size, shared)
-        check_finite(f_ends, "target at the input/baseline")
+        f_in, f_base = _ends_on_path(al, f_path)
+        if not baseline_value:
+            f_base = None
+        ends = ([x[None]] if f_in is None else []) + ([b] if baseline_value and f_base is None else [])
+        if ends:
+            ends_t = torch.cat(ends)
+            f_ends = _evaluate(plan, target, lambda v, e: ends_t[v, e], ends_t.shape[0], size, shared)
+            check_finite(f_ends, "target at the input/baseline")
+            if f_in is None:
+                f_in, f_ends = f_ends[0], f_ends[1:]
+            if baseline_value and f_base is None:
+                f_base = f_ends
         A = (xf - bf) * G
         return PathIntegral(
             hook_name=hook_name, input_act=xf.detach(), baseline=bf.detach(), grads=G.mean(0),
             attributions=A.mean(0), grads_per_baseline=G, attributions_per_baseline=A,
-            f_input=f_ends[0], f_baseline=f_ends[1:].mean(0), f_baseline_per=f_ends[1:],
+            f_input=f_in, f_baseline=None if f_base is None else f_base.mean(0), f_baseline_per=f_base,
             f_path=f_path, alphas=al.float(), weights=wt.float(),
         )
+
+
+def _ends_on_path(al: Tensor, f_path: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """``F(x) [batch]`` and ``F(b_r) [R, batch]`` read off ``f_path [R, S, batch]`` where the
+    path has a step at α = 1 (any baseline's) / at α = 0 (that baseline's) for every example;
+    ``None`` where it has not (the caller evaluates those)."""
+    R, S, n = al.shape
+    one, zero = al == 1, al == 0
+    f_in = f_base = None
+    if bool(one.flatten(0, 1).any(0).all()):
+        idx = one.flatten(0, 1).to(torch.uint8).argmax(0)
+        f_in = f_path.flatten(0, 1).gather(0, idx[None])[0]
+    if bool(zero.any(1).all()):
+        idx = zero.to(torch.uint8).argmax(1)
+        f_base = f_path.gather(1, idx[:, None])[:, 0]
+    return f_in, f_base
 
 
 

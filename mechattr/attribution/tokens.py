@@ -276,20 +276,15 @@ def _nothing_to_attribute(tpos: Tensor, excl: Tensor, real: Tensor) -> list[int]
 
 
 def _clean_embeds(model: Any, batch: Batch) -> Tensor:
-    """The clean activation at ``hook_embed`` ``[batch, pos, d_model]``."""
-    store: dict[str, Tensor] = {}
+    """The clean activation at ``hook_embed`` ``[batch, pos, d_model]``; the forward ends
+    there (on a bridge too, which has no ``stop_at_layer``)."""
+    from mechattr.runtime.hooks import forward_until
 
-    def keep(act: Tensor, hook: Any) -> None:
-        store["x"] = act.detach()
-
-    from mechattr.model import supports_start_at_layer
-
-    kw: dict[str, Any] = {"stop_at_layer": 0} if supports_start_at_layer(model) else {}
+    kw: dict[str, Any] = {}
     if batch.attention_mask is not None:
         kw["attention_mask"] = batch.attention_mask
-    with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", keep)]):
-        model(batch.tokens, **kw)
-    return store["x"]
+    with torch.no_grad():
+        return forward_until(model, batch.tokens, "hook_embed", **kw).detach()
 
 
 from mechattr.attribution.generation import attribute_generation  # noqa: E402

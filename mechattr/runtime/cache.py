@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from mechattr.runtime.arch import supports_start_at_layer
-from mechattr.runtime.hooks import hooked
+from mechattr.runtime.hooks import _Stop, hooked
 
 LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -42,9 +42,15 @@ def cache_activations(
     names = list(dict.fromkeys(names))
     store: dict[str, Tensor] = {}
 
+    # A model without ``stop_at_layer`` (a bridge) ends its forward once every name has
+    # fired (each hook point fires once per forward; later edits cannot change them).
+    stop_early = not supports_start_at_layer(model)
+
     def grabber(name: str) -> Callable:
         def grab(act: Tensor, hook: Any) -> Tensor:
             store[name] = act.detach().clone()
+            if stop_early and len(store) == len(names):
+                raise _Stop
             return act
 
         return grab
@@ -55,8 +61,11 @@ def cache_activations(
     layers = [hook_layer(x) for x in names]
     if supports_start_at_layer(model) and names and all(x is not None for x in layers):
         kw["stop_at_layer"] = max(layers) + 1  # type: ignore[type-var,operator]
-    with torch.no_grad(), hooked(model, [*fwd_hooks, *[(x, grabber(x)) for x in names]]):
-        model(inp, **kw)
+    try:
+        with torch.no_grad(), hooked(model, [*fwd_hooks, *[(x, grabber(x)) for x in names]]):
+            model(inp, **kw)
+    except _Stop:
+        pass
     missing = [x for x in names if x not in store]
     if missing and not allow_missing:
         raise ValueError(f"the model has no hook points {missing}")

@@ -21,7 +21,7 @@ from mechattr.runtime.arch import (
 )
 from mechattr.runtime.attention import fix_masked_rows
 from mechattr.runtime.device import default_device, model_device, model_dtype  # noqa: F401
-from mechattr.runtime.hooks import library_hook_ids
+from mechattr.runtime.hooks import library_hook_ids, model_modules
 from mechattr.runtime.tl import is_bridge, set_config_flags  # noqa: F401 (is_bridge re-exported)
 
 TL_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "use_attn_in")
@@ -55,7 +55,7 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
     from mechattr.checks import check_model_arg
 
     check_model_arg(model)  # e.g. a model name string: say so instead of "'str' has no attribute 'modules'"
-    modules = list(model.modules())
+    modules = model_modules(model)
     hook_keys = [[set(d.keys()) for d in _hook_dicts(m)] for m in modules]
     lens_handles = [
         (m, list(getattr(m, "fwd_hooks", []) or []), list(getattr(m, "bwd_hooks", []) or []))
@@ -63,6 +63,7 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
         if hasattr(m, "fwd_hooks")
     ]
     training = [m.training for m in modules]
+    fixes: list = []
     params = list(model.parameters())
     req = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
@@ -70,24 +71,28 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
     cfg = getattr(model, "cfg", None)
     flags = {f: getattr(cfg, f) for f in TL_FLAGS if cfg is not None and hasattr(cfg, f)}
     try:
-        if eval_mode:
+        if eval_mode and any(training):  # eval() walks a bridge's tree twice: only when needed
             model.eval()
         if freeze_params:
             for p in params:
                 p.requires_grad_(False)
-        fix_masked_rows(model)  # bridges: finite gradients through fully masked rows (removed below)
+        fixes = fix_masked_rows(model)  # bridges: finite gradients through fully masked rows (removed below)
         yield model
     finally:
-        owned = library_hook_ids(model)  # TransformerLens's own lazily wired hooks stay
-        for m, keys in zip(modules, hook_keys):
-            for d, before in zip(_hook_dicts(m), keys):
-                for k in [k for k in d if k not in before and k not in owned]:
+        for h in fixes:
+            h.remove()
+        added = [(d, k) for m, keys in zip(modules, hook_keys) for d, before in zip(_hook_dicts(m), keys) for k in d if k not in before]
+        if added:
+            owned = library_hook_ids(model, modules)  # TransformerLens's own lazily wired hooks stay
+            for d, k in added:
+                if k not in owned:
                     del d[k]
         for m, fwd, bwd in lens_handles:
             m.fwd_hooks = fwd
             m.bwd_hooks = bwd
         for m, t in zip(modules, training):
-            m.training = t
+            if m.training != t:
+                m.training = t
         for p, r, g, v in zip(params, req, grads, grad_vals):
             if g is not None and v is not None:
                 g.copy_(v)

@@ -115,15 +115,17 @@ def both_sides(pair):
 
 def snapshot(model: torch.nn.Module) -> dict:
     """Everything the guard promises to restore, for before/after comparisons."""
-    from mechattr.runtime.hooks import library_hook_ids
+    from mechattr.runtime.hooks import library_hook_ids, model_modules
 
     owned = library_hook_ids(model)  # TransformerLens wires its own on a bridge's first forward
-    hooks = sum(len([k for k in getattr(m, n) if k not in owned]) for m in model.modules() for n in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"))
+    # a bridge's wrapped HF model sits outside its module tree but shares its train/eval mode
+    mods = model_modules(model)
+    hooks = sum(len([k for k in getattr(m, n) if k not in owned]) for m in mods for n in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"))
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "grads": {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()},
         "req": {n: p.requires_grad for n, p in model.named_parameters()},
-        "training": [m.training for m in model.modules()],
+        "training": [m.training for m in mods],
         "hooks": hooks,
         "flags": {f: getattr(model.cfg, f, None) for f in ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "use_attn_in")},
     }

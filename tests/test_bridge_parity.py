@@ -91,3 +91,20 @@ def test_bridge_forwards_end_at_the_hooks_they_need(hf_bridge, unchanged):
         hf_bridge(TOKS)
     torch.testing.assert_close(acts["blocks.0.hook_resid_post"], full["x"])
     assert torch.isfinite(sal).all()
+
+
+def test_bridge_in_train_mode_is_left_in_train_mode(hf_bridge, unchanged):
+    """A bridge keeps its Hugging Face model outside its module tree (TL 4: ``original_model``
+    in ``__dict__``) but ``eval()`` reaches it: the guard must restore that model's modes too."""
+    from mechattr.runtime.hooks import model_modules
+
+    original = vars(hf_bridge).get("original_model")
+    hf_bridge.train()
+    try:
+        with unchanged(hf_bridge):
+            mechattr.attribute_tokens(hf_bridge, TOKS, TGT, method="saliency")
+        assert all(m.training for m in model_modules(hf_bridge))
+        if original is not None:
+            assert all(m.training for m in original.modules())
+    finally:
+        hf_bridge.eval()

@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import torch
+
 from mechattr.runtime.tl import is_hooked
 
 
@@ -38,14 +40,27 @@ def hooked(model: Any, fwd_hooks: Sequence[tuple[str, Callable]], bwd_hooks: Seq
 
 
 
-def library_hook_ids(model: Any) -> set[int]:
+def model_modules(model: Any) -> list[Any]:
+    """Every module a call may touch: ``model.modules()`` and, on a TransformerBridge, the
+    wrapped Hugging Face model's, which it keeps outside its module tree (``original_model``
+    in ``__dict__``) while ``bridge.train()``/``eval()`` still propagate to it — a guard that
+    restores only the tree would leave the HF model's own ``training`` flags changed."""
+    seen: dict[int, Any] = {id(m): m for m in model.modules()}
+    original = vars(model).get("original_model") if hasattr(model, "__dict__") else None
+    if isinstance(original, torch.nn.Module):
+        for m in original.modules():
+            seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+def library_hook_ids(model: Any, modules: Sequence[Any] | None = None) -> set[int]:
     """Ids of the torch hooks the libraries under the model install for themselves, lazily on
     its first forward: TransformerLens's bridge captures (the blocks' ``_capture_hook_handles``:
     split-qkv, ``hook_mlp_in``, scaled contributions) and transformers' output-capturing
     hooks. They belong to the model, not to a mechattr call: a scope that removes the hooks
     added while it ran must leave these (neither library re-adds them)."""
     ids: set[int] = set()
-    for m in model.modules():
+    for m in model_modules(model) if modules is None else modules:
         for name, val in vars(m).items():
             if name.endswith("_hook_handles") and isinstance(val, list):
                 ids.update(int(getattr(h, "id", -1)) for h in val)

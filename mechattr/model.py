@@ -21,7 +21,7 @@ from mechattr.runtime.arch import (
 )
 from mechattr.runtime.attention import fix_masked_rows
 from mechattr.runtime.device import default_device, model_device, model_dtype  # noqa: F401
-from mechattr.runtime.hooks import library_hook_ids, model_modules
+from mechattr.runtime.hooks import library_hook_ids, model_modules, release_graphs, tensor_attrs
 from mechattr.runtime.tl import is_bridge, set_config_flags  # noqa: F401 (is_bridge re-exported)
 
 TL_FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "use_attn_in")
@@ -63,6 +63,7 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
         if hasattr(m, "fwd_hooks")
     ]
     training = [m.training for m in modules]
+    cached = tensor_attrs(modules)  # a bridge's per-forward caches (release_graphs)
     fixes: list = []
     params = list(model.parameters())
     req = [p.requires_grad for p in params]
@@ -81,6 +82,7 @@ def model_guard(model: torch.nn.Module, *, eval_mode: bool = True, freeze_params
     finally:
         for h in fixes:
             h.remove()
+        release_graphs(modules, cached)
         added = [(d, k) for m, keys in zip(modules, hook_keys) for d, before in zip(_hook_dicts(m), keys) for k in d if k not in before]
         if added:
             owned = library_hook_ids(model, modules)  # TransformerLens's own lazily wired hooks stay

@@ -126,6 +126,8 @@ def snapshot(model: torch.nn.Module) -> dict:
         "grads": {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()},
         "req": {n: p.requires_grad for n, p in model.named_parameters()},
         "training": [m.training for m in mods],
+        # tensors a module holds with an autograd graph (a bridge's per-forward caches): a call must not leave its own
+        "graphs": {(i, k): id(v) for i, m in enumerate(mods) for k, v in vars(m).items() if isinstance(v, torch.Tensor) and v.grad_fn is not None},
         "hooks": hooks,
         "flags": {f: getattr(model.cfg, f, None) for f in ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "use_attn_in")},
     }
@@ -136,6 +138,7 @@ def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
     assert after["hooks"] == before["hooks"], "hooks leaked"
     assert after["flags"] == before["flags"], "TransformerLens flags not restored"
     assert after["training"] == before["training"], "train/eval mode not restored"
+    assert after["graphs"].items() <= before["graphs"].items(), "an autograd graph left on a module attribute"
     assert after["req"] == before["req"], "requires_grad not restored"
     for k, v in before["state"].items():
         assert torch.equal(after["state"][k], v), f"weight {k} changed"

@@ -108,3 +108,28 @@ def test_bridge_in_train_mode_is_left_in_train_mode(hf_bridge, unchanged):
             assert all(m.training for m in original.modules())
     finally:
         hf_bridge.eval()
+
+
+def test_a_copied_bridge_runs_on_its_own_modules(hf_bridge):
+    """The sanity check randomizes a deep copy. A bridge's lazily wired capture hooks are
+    closures over its own modules, which ``copy.deepcopy`` shares: the copy must wire its own,
+    so its forward leaves the original untouched and its hook points fire on the copy."""
+    from mechattr.model import tl_flags
+    from mechattr.runtime.clone import deepcopy_model
+    from mechattr.runtime.hooks import model_modules
+
+    def tensors(m):
+        return {(i, k): v for i, mod in enumerate(model_modules(m)) for k, v in vars(mod).items() if isinstance(v, torch.Tensor)}
+
+    with torch.no_grad():
+        hf_bridge(TOKS)  # wires the original's capture hooks
+    work = deepcopy_model(hf_bridge)
+    before = tensors(hf_bridge)
+    fired = []
+    with tl_flags(work, use_hook_mlp_in=True), work.hooks(fwd_hooks=[("blocks.0.hook_mlp_in", lambda a, hook: fired.append(a.shape))]):
+        out = work(TOKS)  # with gradients: a graph the original must not hold
+    after = tensors(hf_bridge)
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert fired, "the copy's hook_mlp_in did not fire on the copy"
+    assert not hf_bridge.cfg.use_hook_mlp_in
+    torch.testing.assert_close(out.detach(), hf_bridge(TOKS).detach())

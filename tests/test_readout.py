@@ -17,7 +17,9 @@ TGT = targets.logit_diff(torch.tensor([3, 4]), torch.tensor([5, 6]))
 
 
 def test_readout_applies_to_a_plain_bridge_and_matches_full_logits(hf_bridge, unchanged):
-    with unchanged(hf_bridge):
+    # no_grad: run_target is the engines' unguarded inner call; with gradients on, its output's
+    # graph (which the bridge's per-forward caches share) is the caller's
+    with unchanged(hf_bridge), torch.no_grad():
         first = targets.run_target(hf_bridge, TOKS, TGT, attention_mask=MASK)  # measures the readout
         assert readout_live(hf_bridge) is True
         fast = targets.run_target(hf_bridge, TOKS, TGT, attention_mask=MASK)

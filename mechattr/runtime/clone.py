@@ -4,6 +4,13 @@ TransformerLens 4's native bridge attention keeps the last forward's pre-LayerNo
 on the module (``_captured_pre_ln_residual``); after a forward with gradients on it is a
 non-leaf tensor, which ``copy.deepcopy`` refuses. Such caches are overwritten by the next
 forward, so the copy gets them detached.
+
+A bridge's blocks also wire "capture" hooks lazily on their first forward (the pre-LayerNorm
+residual for split-qkv forks, ``hook_mlp_in``): closures over the block's *own* submodules.
+``copy.deepcopy`` copies the hook dicts but not the closures, so a copy's forward would
+write the captured residual onto the original model's attention (leaving the copy's autograd
+graph there) and fire the original's ``hook_mlp_in``. The copy's capture hooks are torn
+down, and its blocks wire their own on its first forward.
 """
 
 from __future__ import annotations
@@ -22,4 +29,9 @@ def deepcopy_model(model: torch.nn.Module) -> Any:
         for v in vars(m).values():
             if isinstance(v, torch.Tensor) and not v.is_leaf:
                 memo[id(v)] = v.detach().clone()
-    return copy.deepcopy(model, memo)
+    work = copy.deepcopy(model, memo)
+    for m in work.modules():
+        teardown = getattr(m, "_teardown_capture_hooks", None)
+        if callable(teardown) and getattr(m, "_capture_hook_handles", None):
+            teardown()  # rewired on the copy's first forward, over the copy's own modules
+    return work

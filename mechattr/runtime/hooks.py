@@ -53,6 +53,26 @@ def model_modules(model: Any) -> list[Any]:
     return list(seen.values())
 
 
+def tensor_attrs(modules: Sequence[Any]) -> list[dict[str, torch.Tensor]]:
+    """Per module, the tensors it holds as plain attributes (a bridge's per-forward caches,
+    e.g. the joint-QKV attention's last ``_pattern``): the snapshot :func:`release_graphs` needs."""
+    return [{k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)} for m in modules]
+
+
+def release_graphs(modules: Sequence[Any], before: list[dict[str, torch.Tensor]]) -> None:
+    """Drop the autograd graphs a call left on ``modules``' plain tensor attributes.
+
+    A bridge caches tensors of its last forward on its modules; after a differentiated
+    forward they carry ``grad_fn`` and keep that forward's whole graph (every saved
+    activation) alive until the next forward. Each such attribute the call replaced gets
+    its value from before the call back; one the call created is kept detached."""
+    for m, old in zip(modules, before):
+        d = vars(m)
+        for k, v in list(d.items()):
+            if isinstance(v, torch.Tensor) and v.grad_fn is not None and old.get(k) is not v:
+                d[k] = old[k] if k in old else v.detach()
+
+
 def library_hook_ids(model: Any, modules: Sequence[Any] | None = None) -> set[int]:
     """Ids of the torch hooks the libraries under the model install for themselves, lazily on
     its first forward: TransformerLens's bridge captures (the blocks' ``_capture_hook_handles``:

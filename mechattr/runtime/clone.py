@@ -24,8 +24,10 @@ import torch
 def deepcopy_model(model: torch.nn.Module) -> Any:
     """``copy.deepcopy(model)``, with any non-leaf tensor a submodule holds as a plain
     attribute (a per-forward cache, never a parameter or buffer) copied detached."""
+    from mechattr.runtime.hooks import model_modules
+
     memo: dict[int, Any] = {}
-    for m in model.modules():
+    for m in model_modules(model):  # a bridge's wrapped HF model is copied too, outside its tree
         for v in vars(m).values():
             if isinstance(v, torch.Tensor) and not v.is_leaf:
                 memo[id(v)] = v.detach().clone()

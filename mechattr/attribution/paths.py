@@ -38,7 +38,7 @@ from mechattr.inputs import prepare_tokens
 from mechattr.model import model_device, model_guard
 from mechattr.runtime.arch import arch, supports_start_at_layer
 from mechattr.runtime.attention import require_live
-from mechattr.runtime.cache import hook_layer
+from mechattr.runtime.cache import EMBED_HOOKS, cache_activations, hook_layer
 from mechattr.runtime.chunks import (
     check_batch_size,
     fanout_group,
@@ -48,7 +48,6 @@ from mechattr.runtime.chunks import (
     n_read_of,
     row_chunks,
 )
-from mechattr.runtime.hooks import forward_until
 from mechattr.targets import Target, check_finite, check_target_rows, run_target
 
 __all__ = ["SCHEDULES", "ConvergenceWarning", "PathIntegral", "convergence_report", "default_batch_size", "evaluate_at_hook", "hook_layer", "path_integral", "schedule"]
@@ -115,36 +114,16 @@ class _Plan:
         from mechattr.runtime.blocks import supported
 
         L = self.model.cfg.n_layers - 1
-        before = layer < L if layer is not None else self.hook_name in ("hook_embed", "hook_pos_embed")
+        before = layer < L if layer is not None else self.hook_name in EMBED_HOOKS
         return supported(self.model) and (before or self.direct)
 
     def capture(self) -> None:
-        """One clean forward caching the activation (and ``resid_pre`` at the start layer)."""
-        names = {self.hook_name} | ({f"blocks.{self.start}.hook_resid_pre"} if self.start else set())
-        store: dict[str, Tensor] = {}
-
-        def keeper(name: str) -> Callable:
-            def keep(act: Tensor, hook: Any) -> None:  # bridge aliases: hook.name may differ
-                store[name] = act.detach()
-
-            return keep
-
-        kw = {} if self.mask is None else {"attention_mask": self.mask}
-        layer = hook_layer(self.hook_name)
-        stop: dict[str, int] = {}
-        if supports_start_at_layer(self.model):
-            if layer is not None:
-                stop = {"stop_at_layer": layer + 1}
-            elif self.hook_name in ("hook_embed", "hook_pos_embed"):
-                stop = {"stop_at_layer": 0}
-        if not stop and names == {self.hook_name}:  # a bridge: end the forward at the hook
-            with torch.no_grad():
-                store[self.hook_name] = forward_until(self.model, self.tokens, self.hook_name, **kw).detach()
-        else:
-            with torch.no_grad(), self.model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
-                self.model(self.tokens, **stop, **kw)
+        """One clean forward caching the activation (and ``resid_pre`` at the start layer),
+        ending after the last block it needs (:func:`mechattr.runtime.cache.cache_activations`)."""
+        resid = f"blocks.{self.start}.hook_resid_pre"
+        store = cache_activations(self.model, self.tokens, [self.hook_name] + ([resid] if self.start else []), attention_mask=self.mask)
         self.clean_act = store[self.hook_name]
-        self.resid = store.get(f"blocks.{self.start}.hook_resid_pre")
+        self.resid = store.get(resid)
 
     @property
     def can_checkpoint(self) -> bool:
@@ -325,17 +304,17 @@ def path_integral(
         else:
             _row_loop(plan, target, xf, bf, al, wt, G, f_path, size, with_grad, (lo, hi), x.dtype, ck)
         f_in, f_base = _ends_on_path(al, f_path)
+        need_in, need_base = f_in is None, baseline_value and f_base is None
+        if need_in or need_base:
+            ends = torch.cat(([x[None]] if need_in else []) + ([b] if need_base else []))
+            f_ends = _evaluate(plan, target, lambda v, e: ends[v, e], ends.shape[0], size, shared)
+            check_finite(f_ends, "target at the input/baseline")
+            if need_in:
+                f_in, f_ends = f_ends[0], f_ends[1:]
+            if need_base:
+                f_base = f_ends
         if not baseline_value:
             f_base = None
-        ends = ([x[None]] if f_in is None else []) + ([b] if baseline_value and f_base is None else [])
-        if ends:
-            ends_t = torch.cat(ends)
-            f_ends = _evaluate(plan, target, lambda v, e: ends_t[v, e], ends_t.shape[0], size, shared)
-            check_finite(f_ends, "target at the input/baseline")
-            if f_in is None:
-                f_in, f_ends = f_ends[0], f_ends[1:]
-            if baseline_value and f_base is None:
-                f_base = f_ends
         A = (xf - bf) * G
         return PathIntegral(
             hook_name=hook_name, input_act=xf.detach(), baseline=bf.detach(), grads=G.mean(0),

@@ -276,15 +276,10 @@ def _nothing_to_attribute(tpos: Tensor, excl: Tensor, real: Tensor) -> list[int]
 
 
 def _clean_embeds(model: Any, batch: Batch) -> Tensor:
-    """The clean activation at ``hook_embed`` ``[batch, pos, d_model]``; the forward ends
-    there (on a bridge too, which has no ``stop_at_layer``)."""
-    from mechattr.runtime.hooks import forward_until
+    """The clean activation at ``hook_embed`` ``[batch, pos, d_model]``; the forward ends there."""
+    from mechattr.runtime.cache import cache_activations
 
-    kw: dict[str, Any] = {}
-    if batch.attention_mask is not None:
-        kw["attention_mask"] = batch.attention_mask
-    with torch.no_grad():
-        return forward_until(model, batch.tokens, "hook_embed", **kw).detach()
+    return cache_activations(model, batch.tokens, ["hook_embed"], attention_mask=batch.attention_mask)["hook_embed"]
 
 
 from mechattr.attribution.generation import attribute_generation  # noqa: E402

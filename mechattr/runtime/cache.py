@@ -13,6 +13,7 @@ from mechattr.runtime.arch import supports_start_at_layer
 from mechattr.runtime.hooks import _Stop, hooked
 
 LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+EMBED_HOOKS = ("hook_embed", "hook_pos_embed")  # fire before block 0
 
 
 def hook_layer(name: str) -> int | None:
@@ -36,7 +37,7 @@ def cache_activations(
     ``fwd_hooks`` run before the caching hooks (edits); ``repeat`` stacks the tokens that
     many times (variant-major) first. Activations are keyed by the requested name (a
     bridge may fire an aliased hook under another name). On a HookedTransformer the forward
-    stops after the last block it needs. ``ValueError`` naming any hook that never fired
+    stops after the last block it needs (before block 0 for embedding hooks). ``ValueError`` naming any hook that never fired
     (unless ``allow_missing``: a bridge may list hook points its architecture never fires).
     """
     names = list(dict.fromkeys(names))
@@ -58,9 +59,11 @@ def cache_activations(
     inp = tokens.repeat(repeat, 1) if repeat > 1 else tokens
     mask = None if attention_mask is None else attention_mask.repeat(repeat, 1)
     kw: dict[str, Any] = {} if mask is None else {"attention_mask": mask}
+    # blocks each name needs run (0: an embedding hook); None: a hook after the blocks
     layers = [hook_layer(x) for x in names]
-    if supports_start_at_layer(model) and names and all(x is not None for x in layers):
-        kw["stop_at_layer"] = max(layers) + 1  # type: ignore[type-var,operator]
+    ends = [0 if x in EMBED_HOOKS else (None if L is None else L + 1) for x, L in zip(names, layers)]
+    if supports_start_at_layer(model) and names and all(e is not None for e in ends):
+        kw["stop_at_layer"] = max(ends)  # type: ignore[type-var]
     try:
         with torch.no_grad(), hooked(model, [*fwd_hooks, *[(x, grabber(x)) for x in names]]):
             model(inp, **kw)

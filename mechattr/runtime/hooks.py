@@ -46,7 +46,7 @@ def model_modules(model: Any) -> list[Any]:
     in ``__dict__``) while ``bridge.train()``/``eval()`` still propagate to it — a guard that
     restores only the tree would leave the HF model's own ``training`` flags changed."""
     seen: dict[int, Any] = {id(m): m for m in model.modules()}
-    original = vars(model).get("original_model") if hasattr(model, "__dict__") else None
+    original = getattr(model, "__dict__", {}).get("original_model")
     if isinstance(original, torch.nn.Module):
         for m in original.modules():
             seen.setdefault(id(m), m)

@@ -165,6 +165,24 @@ def unchanged():
     return _ctx
 
 
+class RowCounter:
+    """``with RowCounter(model[, hook]) as c``: ``c.rows`` = rows that went through ``hook``
+    (default ``blocks.0.hook_resid_pre``: one per forward row through the blocks)."""
+
+    def __init__(self, model, hook="blocks.0.hook_resid_pre"):
+        self.model, self.hook, self.rows = model, hook, 0
+
+    def __enter__(self):
+        self.h = self.model.hook_dict[self.hook].register_forward_hook(self._count)
+        return self
+
+    def _count(self, module, inp, out):
+        self.rows += out.shape[0]
+
+    def __exit__(self, *exc):
+        self.h.remove()
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hooked_side
+from conftest import RowCounter, hooked_side
 
 import mechattr
 from mechattr import Head, targets
@@ -74,17 +74,12 @@ def test_bridge_forwards_end_at_the_hooks_they_need(hf_bridge, unchanged):
     the last block = only the rows whose output is needed."""
     from mechattr.runtime.cache import cache_activations
 
-    last = hf_bridge.hook_dict[f"blocks.{hf_bridge.cfg.n_layers - 1}.hook_resid_post"]
-    rows = []
-    h = last.register_forward_hook(lambda mod, inp, out: rows.append(out.shape[0]))
-    try:
-        with unchanged(hf_bridge):
-            acts = cache_activations(hf_bridge, TOKS, ["hook_embed", "blocks.0.hook_resid_post"])
-            assert rows == [] and set(acts) == {"hook_embed", "blocks.0.hook_resid_post"}
-            sal = mechattr.attribute_tokens(hf_bridge, TOKS, TGT, method="saliency").scores
-    finally:
-        h.remove()
-    assert sum(rows) == TOKS.shape[0]  # the gradient rows only: no extra forward for the clean embedding
+    last = f"blocks.{hf_bridge.cfg.n_layers - 1}.hook_resid_post"
+    with unchanged(hf_bridge), RowCounter(hf_bridge, last) as c:
+        acts = cache_activations(hf_bridge, TOKS, ["hook_embed", "blocks.0.hook_resid_post"])
+        assert c.rows == 0 and set(acts) == {"hook_embed", "blocks.0.hook_resid_post"}
+        sal = mechattr.attribute_tokens(hf_bridge, TOKS, TGT, method="saliency").scores
+    assert c.rows == TOKS.shape[0]  # the gradient rows only: no extra forward for the clean embedding
     # same numbers as a full forward would give
     full = {}
     with torch.no_grad(), hf_bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda a, hook: full.setdefault("x", a.clone()))]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import RowCounter, make_model
 
 from mechattr import targets
 from mechattr.attribution.paths import path_integral
@@ -36,23 +36,6 @@ def _per_step_reference(model, method, **kw):
     return out, delta
 
 
-class _RowCounter:
-    """Counts the rows that go through ``blocks.0.hook_resid_pre`` (one per forward row)."""
-
-    def __init__(self, model):
-        self.model, self.rows = model, 0
-
-    def __enter__(self):
-        self.h = self.model.hook_dict["blocks.0.hook_resid_pre"].register_forward_hook(self._count)
-        return self
-
-    def _count(self, module, inp, out):
-        self.rows += out.shape[0]
-
-    def __exit__(self, *exc):
-        self.h.remove()
-
-
 @pytest.mark.parametrize(("method", "kw"), [
     ("ig", {"n_steps": 12}),
     ("saliency", {}),
@@ -74,9 +57,9 @@ def test_shared_generation_matrix_equals_per_step_loop(method, kw, unchanged):
 def test_shared_generation_runs_one_row_per_path_point_not_one_per_step():
     model = make_model(seed=12, n_ctx=32)
     S = 10
-    with _RowCounter(model) as c:
+    with RowCounter(model) as c:
         shared = attribute_generation(model, PROMPT, CONT, method="ig", n_steps=S)
-    with _RowCounter(model) as c2:
+    with RowCounter(model) as c2:
         attribute_generation(model, PROMPT, CONT, method="ig", n_steps=2 * S)
     # S more path points cost S more rows (one per point for all G steps), not G·S
     assert c2.rows - c.rows == S
@@ -113,7 +96,7 @@ def test_forward_only_methods_share_each_variant_across_steps(method, kw, unchan
     """Occlusion / attention / rollout of a generation equal the per-step loop, and each
     variant (window, or the one pattern forward) runs once for all steps, not once per step."""
     model = make_model(seed=14, n_ctx=32)
-    with unchanged(model), _RowCounter(model) as c:
+    with unchanged(model), RowCounter(model) as c:
         g = attribute_generation(model, PROMPT, CONT, method=method, **kw)
     ref, _ = _per_step_reference(model, method, **kw)
     torch.testing.assert_close(g.matrix, ref, atol=3e-5, rtol=1e-4)
@@ -122,7 +105,7 @@ def test_forward_only_methods_share_each_variant_across_steps(method, kw, unchan
     # occlusion: the clean row + one per window (≤ n_ctx) + the step scores' forward; attention: 2 forwards
     limit = 2 * n_ctx + 2 if method == "occlusion" else 2
     assert c.rows <= limit, (c.rows, limit)
-    with _RowCounter(model) as c_sep:
+    with RowCounter(model) as c_sep:
         _per_step_reference(model, method, **kw)
     assert c_sep.rows > 2 * c.rows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hooked_side, make_model
+from conftest import RowCounter, hooked_side, make_model
 
 from mechattr import targets
 from mechattr.attribution.paths import path_integral, schedule
@@ -155,23 +155,6 @@ def test_path_integral_rejects_bad_input_and_leaves_model_unchanged(tokens, unch
         path_integral(model, tokens, t, "blocks.1.attn.hook_z", alphas=a, weights=w)
 
 
-class _Rows:
-    """Rows through ``blocks.0.hook_resid_pre`` (one per forward row)."""
-
-    def __init__(self, model):
-        self.model, self.n = model, 0
-
-    def __enter__(self):
-        self.h = self.model.hook_dict["blocks.0.hook_resid_pre"].register_forward_hook(lambda m, i, o: self._add(o))
-        return self
-
-    def _add(self, out):
-        self.n += out.shape[0]
-
-    def __exit__(self, *exc):
-        self.h.remove()
-
-
 def test_endpoints_on_the_path_are_read_off_it_not_rerun(tokens):
     """A schedule with steps at α = 1 and α = 0 (trapezoid) gives F(x) and F(b) from its own
     path points: same values as a separate evaluation, two batches of rows fewer."""
@@ -179,9 +162,9 @@ def test_endpoints_on_the_path_are_read_off_it_not_rerun(tokens):
     B = tokens.shape[0]
     a, w = torch.linspace(0, 1, 5), torch.tensor([0.5, 1, 1, 1, 0.5]) / 4
     inner_a, inner_w = a[1:-1], w[1:-1]  # no endpoint on the path: both evaluated
-    with _Rows(model) as on_path:
+    with RowCounter(model) as on_path:
         r = path_integral(model, tokens, _target(), "hook_embed", alphas=a, weights=w)
-    with _Rows(model) as off_path:
+    with RowCounter(model) as off_path:
         r_in = path_integral(model, tokens, _target(), "hook_embed", alphas=inner_a, weights=inner_w)
     with torch.no_grad():
         fx = _target()(model(tokens))
@@ -192,8 +175,8 @@ def test_endpoints_on_the_path_are_read_off_it_not_rerun(tokens):
     torch.testing.assert_close(r_in.f_baseline, fb, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(r.f_path[:, 1:-1], r_in.f_path, atol=1e-5, rtol=1e-5)
     # rows: the path's own, plus (off the path only) one row per example for each endpoint
-    assert on_path.n == 5 * B, on_path.n
-    assert off_path.n == 3 * B + 2 * B, off_path.n
+    assert on_path.rows == 5 * B, on_path.rows
+    assert off_path.rows == 3 * B + 2 * B, off_path.rows
     # per-example α with α = 1 only for some examples: F(x) evaluated for all, same values
     al = torch.stack([torch.tensor([0.3, 1.0])] + [torch.tensor([0.3, 0.6])] * (B - 1), 1)
     r_mix = path_integral(model, tokens, _target(), "hook_embed", alphas=al, weights=torch.full_like(al, 0.5))
@@ -202,9 +185,9 @@ def test_endpoints_on_the_path_are_read_off_it_not_rerun(tokens):
 
 def test_baseline_value_false_skips_f_of_the_baseline(tokens):
     model = make_model()
-    with _Rows(model) as c:
+    with RowCounter(model) as c:
         r = path_integral(model, tokens, _target(), "hook_embed", alphas=[1.0], weights=[1.0], baseline_value=False)
-    assert c.n == tokens.shape[0]  # one forward row per example: the gradient's, which also gives F(x)
+    assert c.rows == tokens.shape[0]  # one forward row per example: the gradient's, which also gives F(x)
     full = path_integral(model, tokens, _target(), "hook_embed", alphas=[1.0], weights=[1.0])
     torch.testing.assert_close(r.attributions, full.attributions)
     torch.testing.assert_close(r.f_input, full.f_input)
